@@ -1,0 +1,71 @@
+# Herald — every task a developer or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+BROKER := deploy/kafka/broker.sh
+
+.PHONY: help install kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
+        test-unit test-integration lint format typecheck check-config clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP) ## create .venv and install Herald with its dev tools
+
+kafka-fetch: ## download the Kafka broker jars from Maven Central into ~/.cache/herald
+	$(BROKER) fetch
+
+kafka-start: ## start the local single-node KRaft broker on 127.0.0.1:9092 (background)
+	$(BROKER) start
+
+kafka-stop: ## stop the local broker
+	$(BROKER) stop
+
+kafka-status: ## is the local broker running?
+	$(BROKER) status
+
+kafka-reset: ## stop the local broker and delete its data
+	$(BROKER) reset
+
+run: install ## local broker + SMTP capture (var/outbox) + Herald, in the foreground; Ctrl-C stops all
+	deploy/local/run.sh
+
+demo: install ## publish the example events to the running `make run` and print their outcomes
+	$(BIN)/herald demo
+
+check-config: install ## validate settings, schemas, routing table and templates
+	$(BIN)/herald check-config
+
+test: install kafka-fetch ## the whole suite: unit + integration on a real broker and SMTP
+	$(BIN)/herald check-config
+	$(BIN)/pytest
+
+test-unit: install ## only the tests that need no broker
+	$(BIN)/pytest -m 'not integration'
+
+test-integration: install kafka-fetch ## only the tests on the real broker
+	$(BIN)/pytest -m integration
+
+lint: install ## ruff
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+
+format: install ## ruff format and autofix
+	$(BIN)/ruff format service tests
+	$(BIN)/ruff check --fix service tests
+
+typecheck: install ## mypy --strict
+	$(BIN)/mypy
+
+clean: ## remove caches and local state (not the downloaded broker)
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

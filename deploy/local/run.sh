@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make run`: the local broker, an SMTP capture server and Herald, in the foreground.
+# Ctrl-C (or SIGTERM) stops Herald first, so it drains and commits, then the rest.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+BIN=${VENV:-.venv}/bin
+OUTBOX_PORT=${OUTBOX_PORT:-2525}
+export HERALD_KAFKA__BOOTSTRAP_SERVERS=${HERALD_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:${KAFKA_PORT:-9092}}
+export HERALD_SMTP__HOST=${HERALD_SMTP__HOST:-127.0.0.1}
+export HERALD_SMTP__PORT=${HERALD_SMTP__PORT:-$OUTBOX_PORT}
+# The capture server speaks plain SMTP on loopback; a real relay keeps the verified-TLS default.
+export HERALD_SMTP__TLS=${HERALD_SMTP__TLS:-none}
+export HERALD_LOG__FORMAT=${HERALD_LOG__FORMAT:-console}
+
+outbox_pid=""
+started_broker=""
+cleanup() {
+  trap - INT TERM EXIT
+  [ -n "$outbox_pid" ] && kill "$outbox_pid" 2>/dev/null && wait "$outbox_pid" 2>/dev/null
+  [ -n "$started_broker" ] && deploy/kafka/broker.sh stop
+  echo "herald-local: stopped"
+}
+trap cleanup INT TERM EXIT
+
+if ! deploy/kafka/broker.sh status >/dev/null 2>&1; then
+  deploy/kafka/broker.sh start
+  started_broker=1
+fi
+"$BIN/herald" topics --partitions 3
+"$BIN/herald" outbox --port "$OUTBOX_PORT" --directory var/outbox &
+outbox_pid=$!
+
+cat <<BANNER
+
+  Herald is running locally
+  ─────────────────────────
+  Kafka broker     ${HERALD_KAFKA__BOOTSTRAP_SERVERS}   (log: var/kafka/broker.log)
+  SMTP capture     127.0.0.1:${OUTBOX_PORT}   -> var/outbox/*.eml
+  Metrics          http://127.0.0.1:${HERALD_HTTP__PORT:-9464}/metrics   (/healthz, /readyz)
+  Try it           make demo   (in another terminal)
+  Stop             Ctrl-C
+
+BANNER
+# Not exec: the trap must run after Herald exits to stop the outbox and the broker.
+"$BIN/herald" run &
+herald_pid=$!
+trap 'kill -TERM $herald_pid 2>/dev/null' INT TERM
+wait "$herald_pid" || true
+wait "$herald_pid" 2>/dev/null || true

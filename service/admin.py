@@ -1,0 +1,33 @@
+"""Topic administration: create the topics Herald reads and writes, where they are missing."""
+
+from __future__ import annotations
+
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from service.errors import HeraldError
+
+
+def ensure_topics(
+    conf: dict[str, str | int | float | bool],
+    topics: list[str],
+    *,
+    partitions: int = 3,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the missing ones; returns those created. Existing topics are left as they are."""
+    admin = AdminClient(conf)
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in missing],
+        operation_timeout=timeout_s,
+    )
+    for topic, fut in futures.items():
+        try:
+            fut.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise HeraldError(f"cannot create topic {topic}: {exc}") from exc
+    return missing

@@ -1,0 +1,186 @@
+"""Wiring and lifecycle: load and check everything, then run until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from service.avro import SchemaStore
+from service.consumer import Consumer
+from service.errors import ConfigError
+from service.events import EventDecoder, TopicBinding, check_envelope
+from service.kafka import AsyncProducer
+from service.mailer import Mailer
+from service.metrics import HttpEndpoint, Metrics
+from service.pipeline import Pipeline
+from service.rendering import Renderer
+from service.results import OutcomePublisher
+from service.routing import RoutingTable, load_table
+from service.settings import Settings
+
+log = structlog.get_logger("herald")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Loaded:
+    """Everything read from disk at start-up, cross-checked."""
+
+    store: SchemaStore
+    table: RoutingTable
+    renderer: Renderer
+    bindings: dict[str, TopicBinding]
+
+
+def load(settings: Settings) -> Loaded:
+    """Read schemas, routing table and templates; raise ConfigError on the first problem."""
+    store = SchemaStore.load(settings.schemas_dir)
+    table = load_table(settings.routing_file)
+    renderer = Renderer(settings.templates_dir, settings.brand, settings.mail.default_locale)
+    OutcomePublisher.outcome_schema(store)
+    file = str(settings.routing_file)
+    bindings: dict[str, TopicBinding] = {}
+    for event_type, spec in table.events.items():
+        reader = store.reader(spec.schema_)
+        if reader is None:
+            raise ConfigError(
+                file,
+                f"events.{event_type}.schema",
+                f"no schema named {spec.schema_!r}",
+                f"use one of {store.names()} or add {settings.schemas_dir}/{spec.schema_}.avsc",
+            )
+        if missing := check_envelope(reader):
+            raise ConfigError(
+                str(reader.path),
+                "fields",
+                f"event schema lacks envelope fields {missing}",
+                "every event carries event_id, occurred_at, recipient and payload",
+            )
+        topic = settings.kafka.topic_prefix + table.topic_of(event_type)
+        if topic in bindings:
+            raise ConfigError(
+                file,
+                f"events.{event_type}.topic",
+                f"topic {topic!r} is already bound to {bindings[topic].event_type!r}",
+                "give each event type its own topic",
+            )
+        for i, route in enumerate(table.routes[event_type]):
+            if missing := renderer.missing(route.spec.template):
+                raise ConfigError(
+                    file,
+                    f"events.{event_type}.notifications[{i}].template",
+                    f"template {route.spec.template!r} is missing {missing}",
+                    "create those files or correct the template name",
+                )
+        bindings[topic] = TopicBinding(
+            topic=topic, event_type=event_type, reader=reader, encoding=spec.encoding
+        )
+    return Loaded(store=store, table=table, renderer=renderer, bindings=bindings)
+
+
+def registry_client(settings: Settings, loaded: Loaded) -> Any | None:
+    """A Schema Registry client when any topic needs one; None otherwise."""
+    needs = settings.kafka.results_encoding == "confluent" or any(
+        b.encoding == "confluent" for b in loaded.bindings.values()
+    )
+    if not needs:
+        return None
+    if not settings.registry.url:
+        raise ConfigError(
+            str(settings.routing_file),
+            "encoding",
+            "a topic uses `confluent` encoding but no schema registry is configured",
+            "set HERALD_REGISTRY__URL or use `single-object`",
+        )
+    from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
+
+    conf: dict[str, str] = {"url": settings.registry.url}
+    if settings.registry.basic_auth_user_info:
+        conf["basic.auth.user.info"] = settings.registry.basic_auth_user_info.get_secret_value()
+    return AsyncSchemaRegistryClient(conf)
+
+
+class Herald:
+    """The service: consumer, pipeline, SMTP pool, producer and HTTP endpoint, composed."""
+
+    def __init__(
+        self, settings: Settings, *, metrics: Metrics | None = None, registry: Any | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.loaded = load(settings)
+        self._registry = (
+            registry if registry is not None else registry_client(settings, self.loaded)
+        )
+        self._consumer: Consumer | None = None
+        self.http_port: int | None = None
+        self.started = asyncio.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._consumer is not None and self._consumer.ready
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        began = time.monotonic()
+        async with AsyncExitStack() as stack:
+            producer = await stack.enter_async_context(
+                AsyncProducer({**s.kafka.librdkafka(), "client.id": f"{s.kafka.client_id}-out"})
+            )
+            mailer = await stack.enter_async_context(Mailer(s.smtp, self.metrics))
+            http = await stack.enter_async_context(
+                HttpEndpoint(self.metrics, s.http.host, s.http.port, lambda: self.ready)
+            )
+            self.http_port = http.port
+            results_topic = s.kafka.topic_prefix + s.kafka.results_topic
+            schema = OutcomePublisher.outcome_schema(self.loaded.store)
+            schema_id = None
+            if s.kafka.results_encoding == "confluent":
+                from confluent_kafka.schema_registry import Schema
+
+                assert self._registry is not None  # registry_client() insists on one
+                schema_id = await self._registry.register_schema(
+                    f"{results_topic}-value", Schema(schema.canonical, "AVRO")
+                )
+            publisher = OutcomePublisher(
+                producer,
+                results_topic=results_topic,
+                dead_letter_topic=s.kafka.topic_prefix + s.kafka.dead_letter_topic,
+                schema=schema,
+                encoding=s.kafka.results_encoding,
+                registry_schema_id=schema_id,
+                recipient_mode=s.mail.recipient_in_outcomes,
+            )
+            pipeline = Pipeline(
+                decoder=EventDecoder(self.loaded.bindings, self.loaded.store, self._registry),
+                table=self.loaded.table,
+                renderer=self.loaded.renderer,
+                mailer=mailer,
+                publisher=publisher,
+                metrics=self.metrics,
+                mail=s.mail,
+            )
+            self._consumer = Consumer(
+                s.kafka, s.processing, sorted(self.loaded.bindings), pipeline.handle, self.metrics
+            )
+            log.info(
+                "herald started",
+                topics=sorted(self.loaded.bindings),
+                results_topic=publisher.results_topic,
+                dead_letter_topic=publisher.dead_letter_topic,
+                smtp=f"{s.smtp.host}:{s.smtp.port} tls={s.smtp.tls}",
+                http=f"http://{s.http.host}:{http.port}/metrics",
+            )
+            self.started.set()
+            try:
+                await self._consumer.run(stop)
+            finally:
+                log.info(
+                    "herald stopped",
+                    uptime_s=round(time.monotonic() - began, 1),
+                    **dict(self._consumer.counts),
+                )

@@ -1,0 +1,188 @@
+"""`herald` command line: run the service, check its configuration, and local tooling."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import structlog
+
+from service import logs
+from service.errors import ConfigError, HeraldError
+from service.settings import Settings, load_settings
+
+log = structlog.get_logger("herald.cli")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _run(settings: Settings) -> None:
+    from service.app import Herald
+
+    herald = Herald(settings)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    await herald.run(stop)
+
+
+def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
+    asyncio.run(_run(settings))
+    return 0
+
+
+def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
+    from service.app import load
+
+    loaded = load(settings)
+    routes = sum(len(r) for r in loaded.table.routes.values())
+    sys.stdout.write(
+        f"configuration OK: {len(loaded.bindings)} topics, {routes} routes, "
+        f"{len(loaded.store.names())} schemas, templates in {loaded.renderer.locales}\n"
+    )
+    return 0
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from service.admin import ensure_topics
+    from service.app import load
+
+    loaded = load(settings)
+    k = settings.kafka
+    topics = [
+        *sorted(loaded.bindings),
+        k.topic_prefix + k.results_topic,
+        k.topic_prefix + k.dead_letter_topic,
+    ]
+    created = ensure_topics(k.librdkafka(), topics, partitions=args.partitions)
+    sys.stdout.write(f"topics created: {created or 'none (all exist)'}\n")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Publish every example event with a fresh event id, then show the outcomes that come back."""
+    import confluent_kafka
+
+    from service.app import load
+    from service.avro import encode_single_object
+    from service.examples import example_records
+    from service.results import decode_outcome
+
+    loaded = load(settings)
+    k = settings.kafka
+    producer = confluent_kafka.Producer({**k.librdkafka(), "enable.idempotence": True})
+    sent: dict[str, str] = {}
+    for event_type, record, _ in example_records(args.examples, loaded.store, loaded.table):
+        record["event_id"] = str(uuid.uuid4())
+        schema = loaded.store.reader(loaded.table.events[event_type].schema_)
+        assert schema is not None
+        topic = k.topic_prefix + loaded.table.topic_of(event_type)
+        producer.produce(
+            topic, encode_single_object(schema, record), key=record["recipient"]["user_id"].encode()
+        )
+        sent[record["event_id"]] = event_type
+        sys.stdout.write(f"published {event_type:<20} event_id={record['event_id']} -> {topic}\n")
+    if producer.flush(30):
+        raise HeraldError("demo events were not acknowledged by Kafka within 30 s")
+    if args.wait_s <= 0:
+        return 0
+    consumer = confluent_kafka.Consumer(
+        {
+            **k.librdkafka(),
+            "group.id": f"herald-demo-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer.subscribe([k.topic_prefix + k.results_topic])
+    deadline = time.monotonic() + args.wait_s
+    seen = 0
+    try:
+        while seen < len(sent) and time.monotonic() < deadline:
+            m = consumer.poll(0.5)
+            if m is None or m.error():
+                continue
+            o = decode_outcome(m.value() or b"", loaded.store)
+            if o["event_id"] in sent:
+                seen += 1
+                sys.stdout.write(
+                    f"outcome   {o['event_type']:<20} {o['notification_type']:<26} "
+                    f"{o['status']:<13} locale={o['locale']} to={o['recipient']} "
+                    f"smtp={o['smtp_code']}\n"
+                )
+    finally:
+        consumer.close()
+    if seen < len(sent):
+        sys.stdout.write(
+            f"only {seen} of {len(sent)} outcomes within {args.wait_s} s: is `make run` running?\n"
+        )
+        return 1
+    return 0
+
+
+def cmd_outbox(_: Settings, args: argparse.Namespace) -> int:
+    from service.outbox import serve
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        _stop_on_signals(stop)
+        await serve(args.directory, args.host, args.port, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="herald", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="consume events and send mail until SIGTERM").set_defaults(
+        fn=cmd_run
+    )
+    sub.add_parser(
+        "check-config",
+        help="validate settings, schemas, routing table and "
+        "templates without connecting to anything",
+    ).set_defaults(fn=cmd_check_config)
+    t = sub.add_parser("topics", help="create the input, results and dead-letter topics")
+    t.add_argument("--partitions", type=int, default=3)
+    t.set_defaults(fn=cmd_topics)
+    d = sub.add_parser("demo", help="publish the example events and print their outcomes")
+    d.add_argument("--examples", type=Path, default=Path("schemas/examples"))
+    d.add_argument(
+        "--wait-s",
+        type=float,
+        default=30.0,
+        help="how long to wait for the outcomes (0: do not wait)",
+    )
+    d.set_defaults(fn=cmd_demo)
+    o = sub.add_parser("outbox", help="local SMTP server that saves each message as .eml")
+    o.add_argument("--directory", type=Path, default=Path("var/outbox"))
+    o.add_argument("--host", default="127.0.0.1")
+    o.add_argument("--port", type=int, default=2525)
+    o.set_defaults(fn=cmd_outbox)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logs.configure(settings.log.level, settings.log.format)
+        return int(args.fn(settings, args))
+    except ConfigError as exc:
+        sys.stderr.write(f"herald: configuration error: {exc}\n")
+        return 2
+    except HeraldError as exc:
+        sys.stderr.write(f"herald: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130

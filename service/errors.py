@@ -1,0 +1,101 @@
+"""Herald's exception tree; each class says whether trying again can help.
+
+HeraldError                      retryable: class attribute, never guessed by callers
+├── ConfigError                  start-up stops; message names file, key and fix
+├── RecordError                  one record is bad; it goes to the dead-letter topic
+│   ├── DecodeError              bytes are not a known Avro event
+│   ├── RoutingError             no route, or a route's condition/recipient cannot be evaluated
+│   ├── RenderError              a template failed (missing variable, syntax, sandbox)
+│   └── HeaderInjectionError     CR/LF or another control character bound for a header
+├── DeliveryError                SMTP said no or could not be reached; carries the reply
+│   ├── TransientDeliveryError   4xx, timeout, connection lost: retry later
+│   ├── PermanentDeliveryError   5xx, invalid address: never retry
+│   └── DeliveryUnknownError     connection lost after DATA was sent (RFC 1047): never retry
+└── PublishError                 the outcome or dead-letter record was not acknowledged
+"""
+
+from __future__ import annotations
+
+
+class HeraldError(Exception):
+    """Base of every error Herald raises on purpose."""
+
+    retryable: bool = False
+    reason: str = "error"
+    """Machine-readable cause, as written to outcomes and dead-letter headers."""
+
+
+class ConfigError(HeraldError):
+    """Configuration cannot work; raised before anything is consumed."""
+
+    reason = "config_error"
+
+    def __init__(self, file: str, key: str, problem: str, fix: str) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{file}: {key}: {problem}. Fix: {fix}")
+
+
+class RecordError(HeraldError):
+    """A record that can never succeed as it is; redrive it after a fix."""
+
+
+class DecodeError(RecordError):
+    reason = "decode_error"
+
+
+class RoutingError(RecordError):
+    reason = "routing_error"
+
+
+class RenderError(RecordError):
+    reason = "render_error"
+
+
+class HeaderInjectionError(RecordError):
+    reason = "header_injection"
+
+
+class DeliveryError(HeraldError):
+    """The mail server refused or could not be reached."""
+
+    reason = "smtp_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        enhanced_code: str | None = None,
+        text: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.enhanced_code = enhanced_code
+        self.text = text
+        self.attempts = 1
+        """SMTP attempts made before giving up; set by the mailer."""
+
+
+class TransientDeliveryError(DeliveryError):
+    retryable = True
+    reason = "smtp_transient"
+
+
+class PermanentDeliveryError(DeliveryError):
+    reason = "smtp_permanent"
+
+
+class DeliveryUnknownError(DeliveryError):
+    """The message may have been accepted; resending blindly could deliver it twice."""
+
+    reason = "reply_lost"
+
+
+class PublishError(HeraldError):
+    """Kafka did not acknowledge an outcome; the offset must not advance."""
+
+    retryable = True
+    reason = "publish_error"

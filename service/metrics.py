@@ -1,0 +1,150 @@
+"""Prometheus metrics (injected registry, fixed low-cardinality labels, no PII) and the HTTP
+endpoint that serves them with /healthz and /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from service.errors import DeliveryError, DeliveryUnknownError, TransientDeliveryError
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class Metrics:
+    """Every metric Herald exports; tests pass a fresh registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.records_consumed = Counter(
+            "herald_records_consumed", "Records consumed.", ["topic"], registry=r
+        )
+        self.records_decoded = Counter(
+            "herald_records_decoded", "Records decoded into events.", ["topic"], registry=r
+        )
+        self.decode_failures = Counter(
+            "herald_decode_failures", "Records that could not be decoded.", ["topic"], registry=r
+        )
+        self.notifications = Counter(
+            "herald_notifications",
+            "Notifications by type and terminal status (sent, failed, suppressed, …).",
+            ["notification", "status"],
+            registry=r,
+        )
+        self.smtp_attempts = Counter(
+            "herald_smtp_attempts",
+            "SMTP send attempts by result (accepted, transient, permanent, unknown) and reply "
+            "class (2xx, 4xx, 5xx, none when no reply came).",
+            ["result", "reply_class"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "herald_dead_letters", "Records sent to the dead-letter topic.", ["reason"], registry=r
+        )
+        self.publish_failures = Counter(
+            "herald_outcome_publish_failures",
+            "Outcome or dead-letter records Kafka did not acknowledge.",
+            registry=r,
+        )
+        self.in_flight = Gauge("herald_in_flight", "Records being processed.", registry=r)
+        self.paused = Gauge(
+            "herald_consumer_paused", "1 while consumption is paused for backpressure.", registry=r
+        )
+        self.consumer_lag = Gauge(
+            "herald_consumer_lag",
+            "Messages between the committed offset and the end of each partition.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.render_seconds = Histogram(
+            "herald_render_seconds", "Time to render and compose one mail.", registry=r
+        )
+        self.smtp_seconds = Histogram(
+            "herald_smtp_seconds",
+            "Time of one SMTP transaction.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.event_to_accepted_seconds = Histogram(
+            "herald_event_to_accepted_seconds",
+            "From the event's occurred_at to SMTP acceptance.",
+            ["priority"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def smtp_attempt(self, error: DeliveryError | None) -> None:
+        """Count one SMTP attempt by how it ended."""
+        if error is None:
+            self.smtp_attempts.labels("accepted", "2xx").inc()
+            return
+        if isinstance(error, DeliveryUnknownError):
+            result = "unknown"
+        elif isinstance(error, TransientDeliveryError):
+            result = "transient"
+        else:
+            result = "permanent"
+        reply_class = f"{error.code // 100}xx" if error.code else "none"
+        self.smtp_attempts.labels(result, reply_class).inc()
+
+
+class HttpEndpoint:
+    """A minimal HTTP/1.1 server on asyncio: GET /metrics, /healthz, /readyz."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int, ready: Callable[[], bool]) -> None:
+        self._metrics = metrics
+        self._host = host
+        self._port = port
+        self._ready = ready
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def __aenter__(self) -> HttpEndpoint:
+        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            method, path, *_ = request.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            status, ctype, body = self._respond(method, path.split("?", 1)[0])
+            head = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+            pass  # a broken client gets nothing; the server carries on
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def _respond(self, method: str, path: str) -> tuple[str, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"method not allowed\n"
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._metrics.registry)
+        if path == "/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == "/readyz":
+            if self._ready():
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", b"not ready\n"
+        return "404 Not Found", "text/plain", b"not found\n"

@@ -1,0 +1,212 @@
+"""Rendering: a notification becomes subject, HTML and text, in the recipient's language.
+
+Templates live in `templates/<locale>/<template>/{subject.txt,body.html,body.txt}` and are
+compiled once. The environment is sandboxed, HTML is autoescaped and a missing variable raises:
+event data is only ever context, never template source.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import babel
+import babel.dates
+import babel.numbers
+import css_inline
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, select_autoescape
+from jinja2.sandbox import SandboxedEnvironment
+
+from service.errors import ConfigError, HeaderInjectionError, RenderError
+from service.routing import Notification
+from service.settings import BrandSettings
+
+PARTS = ("subject.txt", "body.html", "body.txt")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters, tab excepted: none may reach a header (CR/LF would start a new one)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rendered:
+    """The three parts of a mail, ready to be put into MIME."""
+
+    subject: str
+    html: str
+    text: str
+    locale: str
+    """Template locale actually used, after fallback."""
+
+
+@lru_cache(maxsize=256)
+def _babel_locale(tag: str) -> babel.Locale | None:
+    try:
+        return babel.Locale.parse(tag.replace("-", "_"))
+    except (ValueError, babel.UnknownLocaleError):
+        return None
+
+
+@lru_cache(maxsize=256)
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+_audience: ContextVar[tuple[babel.Locale, ZoneInfo]] = ContextVar("herald_render_audience")
+"""Locale and zone of the mail being rendered: a context variable rather than template
+context, so filters behave the same inside imported macros, which see no caller context."""
+
+
+def _money(value: Mapping[str, Any]) -> str:
+    currency = value["currency"]
+    digits = babel.numbers.get_currency_precision(currency)
+    amount = Decimal(value["amount_minor"]).scaleb(-digits)
+    return babel.numbers.format_currency(amount, currency, locale=_audience.get()[0])
+
+
+def _country(code: str) -> str:
+    """ISO 3166 code → the country's name in the recipient's language."""
+    return str(_audience.get()[0].territories.get(code.upper(), code))
+
+
+def _dt_filter(kind: str) -> Any:
+    def fmt(value: datetime, format: str = "medium") -> str:
+        loc, zone = _audience.get()
+        date = babel.dates.format_date(value.astimezone(zone), format, locale=loc)
+        if kind == "date":
+            return date
+        # A time without its zone misleads whoever reads it elsewhere: always name the zone.
+        time = babel.dates.format_time(value, "short", tzinfo=zone, locale=loc)
+        time += " " + babel.dates.format_time(value, "z", tzinfo=zone, locale=loc)
+        return time if kind == "time" else f"{date}, {time}"
+
+    return fmt
+
+
+class Renderer:
+    """Compiled templates for every locale under the templates directory."""
+
+    def __init__(self, directory: Path, brand: BrandSettings, default_locale: str = "en") -> None:
+        if not directory.is_dir():
+            raise ConfigError(
+                str(directory),
+                "templates_dir",
+                "directory does not exist",
+                "point HERALD_TEMPLATES_DIR at the templates folder",
+            )
+        self._dir = directory
+        self.locales = sorted(
+            p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("_")
+        )
+        if default_locale not in self.locales:
+            raise ConfigError(
+                str(directory),
+                "mail.default_locale",
+                f"no templates for {default_locale!r}",
+                f"add {directory}/{default_locale}/ or set HERALD_MAIL__DEFAULT_LOCALE to one of "
+                f"{self.locales}",
+            )
+        self.default_locale = default_locale
+        self._brand = brand.model_dump()
+        self._env = SandboxedEnvironment(
+            loader=FileSystemLoader(directory),
+            autoescape=select_autoescape(["html"], default_for_string=False),
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            auto_reload=False,
+            cache_size=-1,
+        )
+        self._env.filters.update(
+            money=_money,
+            datetime=_dt_filter("datetime"),
+            date=_dt_filter("date"),
+            time=_dt_filter("time"),
+            country=_country,
+        )
+        self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
+
+    def missing(self, template: str) -> list[str]:
+        """Template files absent for `template`; the default locale must have all three."""
+        return [
+            f"{self._dir}/{self.default_locale}/{template}/{part}"
+            for part in PARTS
+            if not (self._dir / self.default_locale / template / part).is_file()
+        ]
+
+    def locale_chain(self, tag: str) -> list[str]:
+        """`fr-CA` → [`fr-ca`, `fr`, default], keeping only locales that have templates."""
+        tag = tag.strip().lower().replace("_", "-")
+        chain: list[str] = []
+        parts = tag.split("-")
+        for i in range(len(parts), 0, -1):
+            cand = "-".join(parts[:i])
+            if cand in self.locales and cand not in chain:
+                chain.append(cand)
+        if self.default_locale not in chain:
+            chain.append(self.default_locale)
+        return chain
+
+    def render(self, n: Notification) -> Rendered:
+        """Render all three parts in the first locale of the chain that has the template."""
+        for loc in self.locale_chain(n.recipient.locale):
+            if (self._dir / loc / n.template / "subject.txt").is_file():
+                break
+        else:
+            raise RenderError(f"template {n.template!r} exists in no locale")
+        ctx = self._context(n, loc)
+        r = n.recipient
+        token = _audience.set(
+            (
+                _babel_locale(r.locale) or _babel_locale(loc) or babel.Locale("en"),
+                _zone(r.time_zone),
+            )
+        )
+        try:
+            subject = self._env.get_template(f"{loc}/{n.template}/subject.txt").render(ctx)
+            html = self._env.get_template(f"{loc}/{n.template}/body.html").render(ctx)
+            text = self._env.get_template(f"{loc}/{n.template}/body.txt").render(ctx)
+        except TemplateNotFound as exc:
+            raise RenderError(f"template file missing: {exc.name}") from exc
+        except Exception as exc:  # TemplateError, or a filter choking on the event's data
+            raise RenderError(f"{loc}/{n.template}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            _audience.reset(token)
+        subject = subject.strip()
+        if _CONTROL.search(subject):
+            raise HeaderInjectionError(
+                f"subject of {loc}/{n.template} holds a control character (CR/LF?) from event data"
+            )
+        return Rendered(
+            subject=subject, html=self._inliner.inline(html), text=text.strip() + "\n", locale=loc
+        )
+
+    def _context(self, n: Notification, loc: str) -> dict[str, Any]:
+        r = n.recipient
+        return {
+            "recipient": {
+                "user_id": r.user_id,
+                "email": r.email,
+                "display_name": r.display_name,
+                "locale": r.locale,
+                "time_zone": r.time_zone,
+            },
+            "payload": n.event.payload,
+            "event": {
+                "event_id": n.event.event_id,
+                "event_type": n.event.event_type,
+                "occurred_at": n.event.occurred_at,
+            },
+            "brand": self._brand,
+            "notification": {"type": n.type, "category": str(n.category)},
+            "locale": r.locale,
+        }

@@ -1,0 +1,284 @@
+"""Routing: the declarative table that maps an event to the notifications it causes.
+
+The table (YAML, `deploy/routing.yaml` by default) is validated once at start-up; errors name
+the file, the key and the fix. `route()` is then a pure function of the event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ConfigError, RoutingError
+from service.events import Event, Recipient
+
+
+class Category(StrEnum):
+    """Why a mail is sent; decides whether the recipient may opt out of it."""
+
+    TRANSACTIONAL = "transactional"
+    SECURITY = "security"
+    ACCOUNT = "account"
+    ACTIVITY = "activity"
+    REPORT = "report"
+    REMINDER = "reminder"
+
+    @property
+    def optional(self) -> bool:
+        """Optional mail respects opt-out and carries one-click unsubscribe (RFC 8058)."""
+        return self in (Category.ACTIVITY, Category.REPORT, Category.REMINDER)
+
+
+class Priority(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+_NAME = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+_TEMPLATE = r"^[a-z][a-z0-9_]*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RouteSpec(_Strict):
+    """One notification an event causes."""
+
+    type: str = Field(pattern=_NAME)
+    template: str = Field(pattern=_TEMPLATE)
+    category: Category
+    priority: Priority = Priority.NORMAL
+    recipient: str = "recipient"
+    """Dotted path to a recipient record: `recipient`, or e.g. `payload.invitee`."""
+    when: str | None = None
+    """Jinja2 expression over `payload`, `recipient`, `event_type`; the route applies if true."""
+
+    @field_validator("recipient")
+    @classmethod
+    def _recipient_path(cls, v: str) -> str:
+        head = v.split(".", 1)[0]
+        if head not in ("recipient", "payload"):
+            raise ValueError("must be `recipient` or a path under `payload.`")
+        return v
+
+
+class EventSpec(_Strict):
+    """An event type: where it arrives, how it is encoded, what it causes."""
+
+    topic: str | None = None
+    """Defaults to the event type."""
+    schema_: str = Field(alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_.]*$")
+    encoding: Literal["single-object", "confluent"] = "single-object"
+    notifications: list[RouteSpec] = Field(min_length=1)
+
+
+class TableSpec(_Strict):
+    version: Literal[1]
+    events: dict[str, EventSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """A validated route with its condition compiled."""
+
+    spec: RouteSpec
+    condition: Callable[..., Any] | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoutingTable:
+    path: Path
+    events: Mapping[str, EventSpec]
+    routes: Mapping[str, tuple[Route, ...]]
+
+    def topic_of(self, event_type: str) -> str:
+        return self.events[event_type].topic or event_type
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Notification:
+    """One mail to send (or to account for) because of one event."""
+
+    type: str
+    template: str
+    category: Category
+    priority: Priority
+    recipient: Recipient
+    idempotency_key: str
+    """Stable across redeliveries: event id + notification type + recipient."""
+    condition_met: bool
+    """False when the route's `when` rejected the event: the notification ends suppressed."""
+    event: Event
+
+
+_FIX_BY_ERROR = {
+    "missing": "add this key",
+    "extra_forbidden": "remove this key or correct its spelling",
+    "literal_error": "use one of the allowed values",
+    "enum": "use one of the allowed values",
+    "string_pattern_mismatch": "use lower-case names separated by dots or underscores",
+    "too_short": "list at least one entry",
+}
+
+_EXPRESSIONS = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+
+
+def load_table(path: Path) -> RoutingTable:
+    """Read and validate the table; any problem is a ConfigError naming file, key and fix."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            str(path),
+            "routing_file",
+            "file not found",
+            "create it (see deploy/routing.yaml) or set HERALD_ROUTING_FILE",
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), "(syntax)", f"not valid YAML: {exc}", "fix the YAML") from exc
+    try:
+        spec = TableSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _dotted(err["loc"])
+        raise ConfigError(
+            str(path),
+            key or "(top level)",
+            err["msg"],
+            _FIX_BY_ERROR.get(err["type"], "see the table format in docs/routing.md"),
+        ) from exc
+
+    routes: dict[str, tuple[Route, ...]] = {}
+    seen_types: dict[str, str] = {}
+    for event_type, event in spec.events.items():
+        compiled = []
+        for i, r in enumerate(event.notifications):
+            key = f"events.{event_type}.notifications[{i}]"
+            if r.type in seen_types:
+                raise ConfigError(
+                    str(path),
+                    f"{key}.type",
+                    f"notification type {r.type!r} is already used at {seen_types[r.type]}",
+                    "give each route its own notification type",
+                )
+            seen_types[r.type] = key
+            compiled.append(Route(spec=r, condition=_compile(r.when, path, f"{key}.when")))
+        routes[event_type] = tuple(compiled)
+    return RoutingTable(path=path, events=spec.events, routes=routes)
+
+
+def _compile(expr: str | None, path: Path, key: str) -> Callable[..., Any] | None:
+    if expr is None:
+        return None
+    try:
+        return _EXPRESSIONS.compile_expression(expr, undefined_to_none=False)
+    except TemplateSyntaxError as exc:
+        raise ConfigError(
+            str(path),
+            key,
+            f"not a valid expression: {exc.message}",
+            "write a Jinja2 expression such as `payload.total.amount_minor > 0`",
+        ) from exc
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def idempotency_key(event_id: str, notification_type: str, email: str) -> str:
+    """128-bit hex digest; holds no address, so it may appear in logs and outcomes."""
+    material = f"{event_id}\x1f{notification_type}\x1f{email.strip().lower()}"
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def route(event: Event, table: RoutingTable) -> list[Notification]:
+    """Every notification the table gives for this event, suppressed ones included."""
+    routes = table.routes.get(event.event_type)
+    if not routes:
+        raise RoutingError(f"no route for event type {event.event_type!r}")
+    context = {
+        "payload": event.payload,
+        "recipient": _recipient_dict(event.recipient),
+        "event_type": event.event_type,
+        "event_id": event.event_id,
+    }
+    out = []
+    for r in routes:
+        spec = r.spec
+        met = _holds(r, context)
+        try:
+            recipient = _resolve_recipient(event, spec.recipient)
+        except RoutingError:
+            if met:
+                raise
+            # A route that does not apply may point at data the event lacks, e.g. no gift
+            # recipient; its suppressed outcome is keyed on the event's own recipient.
+            recipient = event.recipient
+        out.append(
+            Notification(
+                type=spec.type,
+                template=spec.template,
+                category=spec.category,
+                priority=spec.priority,
+                recipient=recipient,
+                idempotency_key=idempotency_key(event.event_id, spec.type, recipient.email),
+                condition_met=met,
+                event=event,
+            )
+        )
+    return out
+
+
+def _holds(r: Route, context: Mapping[str, Any]) -> bool:
+    if r.condition is None:
+        return True
+    try:
+        return bool(r.condition(**context))
+    except Exception as exc:  # an undefined field, a type error in a comparison, the sandbox
+        raise RoutingError(
+            f"condition of route {r.spec.type!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _recipient_dict(r: Recipient) -> dict[str, Any]:
+    return {
+        "user_id": r.user_id,
+        "email": r.email,
+        "display_name": r.display_name,
+        "locale": r.locale,
+        "time_zone": r.time_zone,
+    }
+
+
+def _resolve_recipient(event: Event, path: str) -> Recipient:
+    if path == "recipient":
+        return event.recipient
+    node: Any = event.payload
+    for part in path.split(".")[1:]:
+        if not isinstance(node, Mapping) or part not in node:
+            raise RoutingError(f"recipient path {path!r} not found in the event")
+        node = node[part]
+    if not isinstance(node, Mapping) or not node.get("email"):
+        raise RoutingError(f"recipient path {path!r} does not lead to a recipient with an email")
+    return Recipient(
+        user_id=str(node.get("user_id") or ""),
+        email=node["email"],
+        display_name=node.get("display_name"),
+        locale=node.get("locale") or event.recipient.locale,
+        time_zone=node.get("time_zone") or event.recipient.time_zone,
+    )

@@ -1,0 +1,157 @@
+"""Herald's configuration: one `Settings` object, read from `HERALD_*` variables, passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import ConfigError
+
+ENV_PREFIX = "HERALD_"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Group):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """Comma-separated host:port list."""
+    group_id: str = "herald"
+    client_id: str = "herald"
+    topic_prefix: str = ""
+    """Prepended to every topic Herald reads or writes, e.g. `staging.` for a shared cluster."""
+    results_topic: str = "notification.outcomes"
+    dead_letter_topic: str = "herald.dead-letter"
+    results_encoding: Literal["single-object", "confluent"] = "single-object"
+    """Wire format of outcome records; `confluent` registers the schema under `<topic>-value`."""
+    session_timeout_ms: int = Field(default=45_000, ge=1_000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1_000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    statistics_interval_ms: int = Field(default=5_000, ge=0)
+    """How often librdkafka reports consumer lag to the metrics; 0 turns it off."""
+    config: dict[str, str] = Field(default_factory=dict)
+    """Extra librdkafka properties (security.protocol, sasl.*, …), applied to every client."""
+    secret_config: dict[str, SecretStr] = Field(default_factory=dict)
+    """Like `config`, for values that must never be logged (sasl.password, ssl.key.password)."""
+
+    def librdkafka(self) -> dict[str, str | int | float | bool]:
+        """Connection properties shared by the consumer and the producer."""
+        conf: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+        }
+        conf.update(self.config)
+        conf.update({k: v.get_secret_value() for k, v in self.secret_config.items()})
+        return conf
+
+
+class RegistrySettings(_Group):
+    url: str | None = None
+    """Confluent-compatible Schema Registry; needed only for topics with `encoding: confluent`."""
+    basic_auth_user_info: SecretStr | None = None
+    """`user:password` for the registry."""
+
+
+class SmtpSettings(_Group):
+    host: str = "127.0.0.1"
+    port: int = Field(default=587, ge=1, le=65535)
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    """`starttls` (port 587) or `implicit` (port 465); `none` only for a local capture server."""
+    validate_certs: bool = True
+    ca_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    timeout_s: float = Field(default=30.0, gt=0)
+    pool_size: int = Field(default=4, ge=1, le=256)
+    """Persistent connections kept open to the server."""
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    """In-process tries for a transient failure before the notification ends as failed."""
+    retry_backoff_ms: int = Field(default=200, ge=0)
+    """First backoff; doubles per attempt, with full jitter."""
+    local_hostname: str | None = None
+    """Name sent in EHLO; defaults to the machine's FQDN."""
+
+
+class MailSettings(_Group):
+    from_address: str = "no-reply@example.com"
+    from_name: str = "Herald"
+    reply_to: str | None = None
+    message_id_domain: str | None = None
+    """Right-hand side of Message-ID; defaults to the domain of `from_address`."""
+    recipient_in_outcomes: Literal["masked", "hashed"] = "masked"
+    """How the recipient appears on the results topic: `j***@example.com` or a SHA-256 digest."""
+    default_locale: str = "en"
+    """End of every locale fallback chain; templates must exist for it."""
+
+
+class BrandSettings(_Group):
+    product_name: str = "Herald Demo"
+    logo_url: str | None = None
+    logo_width: int = Field(default=160, ge=1, le=600)
+    logo_height: int = Field(default=40, ge=1, le=600)
+    primary_color: str = Field(default="#1a56db", pattern=r"^#[0-9a-fA-F]{6}$")
+    support_email: str = "support@example.com"
+    postal_address: str = "1 Example Street, 75000 Paris, France"
+    website_url: str = "https://example.com"
+
+
+class HttpSettings(_Group):
+    host: str = "127.0.0.1"
+    """Interface for /metrics, /healthz and /readyz; `0.0.0.0` in a container."""
+    port: int = Field(default=9464, ge=0, le=65535)
+
+
+class ProcessingSettings(_Group):
+    max_in_flight: int = Field(default=256, ge=1)
+    """Records being processed at once; past it the partitions are paused."""
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    """How long SIGTERM waits for in-flight records before handing them back uncommitted."""
+    commit_interval_ms: int = Field(default=1_000, ge=10)
+
+
+class LogSettings(_Group):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "console"] = "json"
+
+
+class Settings(BaseSettings):
+    """Everything Herald reads at start-up; nested groups use `__`, e.g. HERALD_SMTP__HOST."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    routing_file: Path = Path("deploy/routing.yaml")
+    schemas_dir: Path = Path("schemas")
+    templates_dir: Path = Path("templates")
+    kafka: KafkaSettings = KafkaSettings()
+    registry: RegistrySettings = RegistrySettings()
+    smtp: SmtpSettings = SmtpSettings()
+    mail: MailSettings = MailSettings()
+    brand: BrandSettings = BrandSettings()
+    http: HttpSettings = HttpSettings()
+    processing: ProcessingSettings = ProcessingSettings()
+    log: LogSettings = LogSettings()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning validation errors into a ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        path = [str(p) for p in err["loc"]]
+        var = ENV_PREFIX + "__".join(p.upper() for p in path)
+        secret = any(s in var for s in ("PASSWORD", "SECRET", "AUTH"))
+        shown = "" if secret or not path else f" (got {err.get('input')!r})"
+        raise ConfigError(
+            "environment",
+            var,
+            f"{err['msg']}{shown}",
+            f"set {var} to a valid value or unset it to use the default; see README "
+            "'Configuration'",
+        ) from exc

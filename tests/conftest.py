@@ -1,0 +1,95 @@
+"""Fixtures shared by every test: the project's real schemas, table and templates."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.app import Loaded, load
+from service.avro import SchemaStore
+from service.events import Event, RawRecord, Recipient
+from service.examples import load_example
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "schemas" / "examples"
+
+
+def project_settings(**overrides: Any) -> Settings:
+    """Settings pointing at the project's own files, whatever the working directory."""
+    base: dict[str, Any] = {
+        "routing_file": ROOT / "deploy" / "routing.yaml",
+        "schemas_dir": ROOT / "schemas",
+        "templates_dir": ROOT / "templates",
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture(scope="session")
+def loaded() -> Loaded:
+    return load(project_settings())
+
+
+@pytest.fixture(scope="session")
+def store(loaded: Loaded) -> SchemaStore:
+    return loaded.store
+
+
+def example_record(loaded: Loaded, event_type: str) -> dict[str, Any]:
+    """A deep copy of the example event as an Avro-ready record."""
+    schema = loaded.store.reader(loaded.table.events[event_type].schema_)
+    assert schema is not None
+    return copy.deepcopy(load_example(EXAMPLES / f"{event_type}.json", schema))
+
+
+def make_event(
+    event_type: str, payload: dict[str, Any], *, locale: str = "en", name: str | None = "Ada"
+) -> Event:
+    """An event built by hand, for stages after decoding."""
+    return Event(
+        event_id="11111111-2222-3333-4444-555555555555",
+        event_type=event_type,
+        occurred_at=datetime(2026, 11, 20, 14, 3, 27, tzinfo=UTC),
+        recipient=Recipient(
+            user_id="u1",
+            email="ada@example.com",
+            display_name=name,
+            locale=locale,
+            time_zone="Europe/Paris",
+        ),
+        payload=payload,
+        schema="test",
+        source=RawRecord(topic=event_type, partition=0, offset=0, key=None, value=b""),
+    )
+
+
+def event_from_example(loaded: Loaded, event_type: str, **recipient: Any) -> Event:
+    record = example_record(loaded, event_type)
+    record["recipient"].update(recipient)
+    r = record["recipient"]
+    return Event(
+        event_id=record["event_id"],
+        event_type=event_type,
+        occurred_at=record["occurred_at"],
+        recipient=Recipient(
+            user_id=r["user_id"],
+            email=r["email"],
+            display_name=r["display_name"],
+            locale=r["locale"],
+            time_zone=r["time_zone"],
+        ),
+        payload=record["payload"],
+        schema=loaded.table.events[event_type].schema_,
+        source=RawRecord(topic=event_type, partition=0, offset=7, key=None, value=b""),
+    )
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path

@@ -1,0 +1,81 @@
+"""A real SMTP server on 127.0.0.1 (aiosmtpd) that records messages and can misbehave on cue.
+
+Behaviour is chosen per recipient local part, so one server serves every scenario:
+`perm…@` → 550 5.1.1 at RCPT, `temp…@` → 451 4.3.0 at RCPT, `drop…@` → connection closed
+after the message body, before any reply (the RFC 1047 window).
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Received:
+    envelope_from: str
+    envelope_to: list[str]
+    data: bytes
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+
+
+@dataclass
+class RecordingHandler:
+    received: list[Received] = field(default_factory=list)
+    rcpt_attempts: int = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        self.rcpt_attempts += 1
+        local = address.split("@", 1)[0]
+        if local.startswith("perm"):
+            return "550 5.1.1 Mailbox does not exist"
+        if local.startswith("temp"):
+            return "451 4.3.0 Try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if any(r.split("@", 1)[0].startswith("drop") for r in envelope.rcpt_tos):
+            server.transport.close()  # body received, reply never sent
+            return "250 2.0.0 never seen"
+        self.received.append(
+            Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+        )
+        return "250 2.0.0 Ok: queued"
+
+
+class SmtpServer:
+    """Context manager running the recording server on a free port."""
+
+    def __init__(self) -> None:
+        self.handler = RecordingHandler()
+        self.port = free_port()
+        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+
+    @property
+    def received(self) -> list[Received]:
+        return self.handler.received
+
+    def __enter__(self) -> SmtpServer:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()

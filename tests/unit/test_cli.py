@@ -1,0 +1,56 @@
+"""`herald check-config`: a broken routing table stops with file, key and fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def _check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", "check-config"],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_check_config_accepts_the_project() -> None:
+    out = _check({})
+    assert 0 == out.returncode, out.stderr
+    assert "configuration OK: 3 topics, 3 routes" in out.stdout
+
+
+def test_check_config_rejects_a_broken_table(tmp_path: Path) -> None:
+    table = (ROOT / "deploy" / "routing.yaml").read_text()
+    broken = tmp_path / "routing.yaml"
+    broken.write_text(table.replace("category: security", "category: urgent"))
+    out = _check({"HERALD_ROUTING_FILE": str(broken)})
+    assert 2 == out.returncode
+    assert (
+        f"herald: configuration error: {broken}: "
+        "events.login.suspicious.notifications[0].category: Input should be"
+    ) in out.stderr
+    assert "Fix: use one of the allowed values" in out.stderr
+
+
+def test_check_config_rejects_a_missing_template(tmp_path: Path) -> None:
+    table = (ROOT / "deploy" / "routing.yaml").read_text()
+    broken = tmp_path / "routing.yaml"
+    broken.write_text(table.replace("template: order_receipt", "template: order_reciept"))
+    out = _check({"HERALD_ROUTING_FILE": str(broken)})
+    assert 2 == out.returncode
+    assert "events.order.confirmed.notifications[0].template" in out.stderr
+    assert "order_reciept" in out.stderr
+
+
+def test_check_config_rejects_a_bad_variable() -> None:
+    out = _check({"HERALD_SMTP__TLS": "maybe"})
+    assert 2 == out.returncode
+    assert "environment: HERALD_SMTP__TLS" in out.stderr

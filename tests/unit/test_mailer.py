@@ -1,0 +1,101 @@
+"""Delivery over real SMTP (aiosmtpd on loopback): acceptance, reply classes, retries, RFC 1047."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from service.errors import DeliveryUnknownError, PermanentDeliveryError, TransientDeliveryError
+from service.mailer import Mailer, classify, enhanced_code
+from service.metrics import Metrics
+from service.mime import Email
+from service.settings import SmtpSettings
+from tests.smtp_server import SmtpServer
+
+
+@pytest.fixture
+def server() -> Iterator[SmtpServer]:
+    with SmtpServer() as s:
+        yield s
+
+
+def _settings(server: SmtpServer, **kw: object) -> SmtpSettings:
+    base: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "tls": "none",
+        "timeout_s": 5,
+        "retry_backoff_ms": 1,
+        "pool_size": 2,
+    }
+    base.update(kw)
+    return SmtpSettings(**base)  # type: ignore[arg-type]
+
+
+def _email(to: str, n: int = 0) -> Email:
+    data = (
+        f"From: a@example.com\r\nTo: {to}\r\nSubject: t{n}\r\nMessage-ID: <{n}@x>\r\n\r\nbody\r\n"
+    ).encode()
+    return Email(message_id=f"<{n}@x>", envelope_from="a@example.com", envelope_to=to, data=data)
+
+
+def test_reply_classification() -> None:
+    """RFC 5321: 4xx transient, 5xx permanent; RFC 3463 enhanced code kept."""
+    assert isinstance(classify(451, "4.3.0 busy"), TransientDeliveryError)
+    err = classify(550, "5.1.1 no such user")
+    assert isinstance(err, PermanentDeliveryError)
+    assert ("5.1.1", 550) == (err.enhanced_code, err.code)
+    assert enhanced_code("no code here") is None
+
+
+async def test_accepted_over_a_pooled_connection(server: SmtpServer) -> None:
+    """Several messages reuse the pool and each is received intact."""
+    metrics = Metrics()
+    async with Mailer(_settings(server), metrics) as mailer:
+        results = [await mailer.send(_email(f"user{i}@example.com", i)) for i in range(5)]
+    assert [250] * 5 == [r.code for r in results]
+    assert "2.0.0" == results[0].enhanced_code
+    assert [f"user{i}@example.com" for i in range(5)] == [r.envelope_to[0] for r in server.received]
+    assert 5.0 == metrics.smtp_attempts.labels("accepted", "2xx")._value.get()
+
+
+async def test_permanent_refusal_is_not_retried(server: SmtpServer) -> None:
+    async with Mailer(_settings(server, max_attempts=3), Metrics()) as mailer:
+        with pytest.raises(PermanentDeliveryError) as info:
+            await mailer.send(_email("perm@example.com"))
+    assert (550, "5.1.1", 1) == (info.value.code, info.value.enhanced_code, info.value.attempts)
+    assert 1 == server.handler.rcpt_attempts
+
+
+async def test_transient_refusal_is_retried_then_given_up(server: SmtpServer) -> None:
+    async with Mailer(_settings(server, max_attempts=3), Metrics()) as mailer:
+        with pytest.raises(TransientDeliveryError) as info:
+            await mailer.send(_email("temp@example.com"))
+    assert (451, 3) == (info.value.code, info.value.attempts)
+    assert 3 == server.handler.rcpt_attempts
+
+
+async def test_connection_lost_after_data_is_unknown_and_not_retried(server: SmtpServer) -> None:
+    """RFC 1047: the server may have the message; a resend could duplicate it."""
+    async with Mailer(_settings(server, max_attempts=3), Metrics()) as mailer:
+        with pytest.raises(DeliveryUnknownError):
+            await mailer.send(_email("drop@example.com"))
+        ok = await mailer.send(_email("after@example.com", 1))  # the pool recovers
+    assert 250 == ok.code
+
+
+async def test_server_down_is_transient() -> None:
+    from tests.smtp_server import free_port
+
+    s = SmtpSettings(
+        host="127.0.0.1",
+        port=free_port(),
+        tls="none",
+        timeout_s=2,
+        max_attempts=2,
+        retry_backoff_ms=1,
+    )
+    async with Mailer(s, Metrics()) as mailer:
+        with pytest.raises(TransientDeliveryError, match="connect"):
+            await mailer.send(_email("a@example.com"))

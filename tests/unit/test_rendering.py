@@ -1,0 +1,109 @@
+"""Rendering: both locales, fallback, escaping, and missing variables failing loudly."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.app import Loaded
+from service.errors import HeaderInjectionError, RenderError
+from service.rendering import Renderer
+from service.routing import route
+from service.settings import BrandSettings
+from tests.conftest import ROOT, event_from_example
+
+
+def _render(loaded: Loaded, event_type: str, renderer: Renderer | None = None, **recipient: object):
+    event = event_from_example(loaded, event_type, **recipient)
+    (n,) = route(event, loaded.table)
+    return (renderer or loaded.renderer).render(n)
+
+
+@pytest.mark.parametrize("event_type", ["order.confirmed", "user.signed_up", "login.suspicious"])
+@pytest.mark.parametrize("locale", ["en", "fr"])
+def test_every_notification_renders_in_both_locales(
+    loaded: Loaded, event_type: str, locale: str
+) -> None:
+    """Each shipped template renders subject, inlined HTML and a real text part."""
+    r = _render(loaded, event_type, locale=locale)
+    assert locale == r.locale
+    assert r.subject
+    assert "\n" not in r.subject
+    assert r.html.lstrip().lower().startswith("<!doctype html>")
+    assert "<style" not in r.html.split("</head>")[1]  # body styles are inlined
+    assert 'style="' in r.html
+    assert "<" not in r.text.replace("<https", "")  # text is text, not an HTML dump
+    assert len(r.text) > 200
+
+
+def test_french_formats_money_and_dates(loaded: Loaded) -> None:
+    """Amounts and dates follow the recipient's locale and time zone."""
+    r = _render(loaded, "order.confirmed")
+    assert "Votre commande A-10293 est confirmée" == r.subject
+    assert "42,85\xa0€" in r.text
+    assert "Bonjour Camille Martin," in r.text
+    en = _render(loaded, "order.confirmed", locale="en-US")
+    assert "€42.85" in en.text
+    assert "Your order A-10293 is confirmed" == en.subject
+
+
+def test_times_are_shown_in_the_recipient_zone(loaded: Loaded) -> None:
+    """22:40:58 UTC is 17:40 in New York; the zone is named."""
+    r = _render(loaded, "login.suspicious", time_zone="America/New_York", locale="en-US")
+    assert "5:40\u202fPM EST" in r.text or "5:40 PM EST" in r.text
+
+
+def test_locale_fallback_chain(loaded: Loaded) -> None:
+    """fr-CA falls back to fr, an unknown language to the default."""
+    assert ["fr", "en"] == loaded.renderer.locale_chain("fr-CA")
+    assert ["en"] == loaded.renderer.locale_chain("de-DE")
+    assert "fr" == _render(loaded, "user.signed_up", locale="fr_CA").locale
+    assert "en" == _render(loaded, "user.signed_up", locale="de").locale
+
+
+def test_greeting_without_display_name(loaded: Loaded) -> None:
+    r = _render(loaded, "user.signed_up", display_name=None)
+    assert "Hello," in r.text or "Hi," in r.text
+    assert "None" not in r.text
+
+
+def test_event_data_is_escaped_not_executed(loaded: Loaded) -> None:
+    """Markup and template syntax in event data arrive as text: autoescape, never source."""
+    r = _render(loaded, "user.signed_up", display_name="<script>alert(1)</script> {{ 7*7 }}")
+    assert "<script>" not in r.html
+    assert "&lt;script&gt;" in r.html
+    assert "{{ 7*7 }}" in r.text
+    assert "49" not in r.text.split("\n")[0]
+
+
+def test_subject_with_cr_lf_from_event_data_is_refused(loaded: Loaded) -> None:
+    """A line break smuggled into a subject would start a new header: refused, not sent."""
+    event = event_from_example(loaded, "order.confirmed")
+    payload = dict(event.payload)
+    payload["order_number"] = "A-1\r\nBcc: victim@example.com"
+    event = type(event)(**{**{f: getattr(event, f) for f in event.__slots__}, "payload": payload})
+    (n,) = route(event, loaded.table)
+    with pytest.raises(HeaderInjectionError):
+        loaded.renderer.render(n)
+
+
+def test_missing_variable_fails_loudly(loaded: Loaded, tmp_path: Path) -> None:
+    """A template naming a field the event lacks raises RenderError (StrictUndefined)."""
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    subject = tmp_path / "templates" / "en" / "account_activation" / "subject.txt"
+    subject.write_text("Welcome {{ payload.coupon_code }}")
+    renderer = Renderer(tmp_path / "templates", BrandSettings())
+    with pytest.raises(RenderError, match="coupon_code"):
+        _render(loaded, "user.signed_up", renderer=renderer, locale="en")
+
+
+def test_sandbox_blocks_unsafe_attribute_access(loaded: Loaded, tmp_path: Path) -> None:
+    """Templates cannot reach Python internals."""
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    subject = tmp_path / "templates" / "en" / "account_activation" / "subject.txt"
+    subject.write_text("{{ payload.__class__.__mro__ }}")
+    renderer = Renderer(tmp_path / "templates", BrandSettings())
+    with pytest.raises(RenderError):
+        _render(loaded, "user.signed_up", renderer=renderer, locale="en")
