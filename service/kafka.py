@@ -35,6 +35,8 @@ class AsyncProducer:
         await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 30)
         self._stop.set()
         self._thread.join(timeout=5)
+        # Without close() the client lives until garbage-collected, reconnecting in the background.
+        self._producer.close()
 
     def _poll(self) -> None:
         while not self._stop.is_set():

@@ -1,0 +1,246 @@
+"""A real Kafka broker for the integration tests, found or started in this order:
+
+1. `KAFKA_BOOTSTRAP_SERVERS` when set: an existing cluster;
+2. testcontainers' Kafka (KRaft) when a Docker engine answers;
+3. else the project's own single-node KRaft broker (`deploy/kafka/broker.sh`), started on free
+   loopback ports with a throw-away data directory, and stopped after the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import pytest
+
+from service.admin import ensure_topics
+from service.app import Herald
+from service.metrics import Metrics
+from service.settings import Settings
+from tests.conftest import ROOT, project_settings
+from tests.smtp_server import SmtpServer, free_port
+
+BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def _docker_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return (
+            0
+            == subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=10, check=False
+            ).returncode
+        )
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if existing:
+        yield existing
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    port, cport = free_port(), free_port()
+    env = {
+        **os.environ,
+        "KAFKA_DATA_DIR": str(tmp_path_factory.mktemp("kafka")),
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(cport),
+        "KAFKA_NUM_PARTITIONS": "3",
+    }
+    subprocess.run([str(BROKER), "start"], env=env, check=True, timeout=300)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(BROKER), "stop"], env=env, check=False, timeout=120)
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def make_settings(kafka_bootstrap: str, smtp: SmtpServer) -> Any:
+    """Settings for one test: its own topics (by prefix) and consumer group, the test SMTP."""
+    prefix = f"it-{uuid.uuid4().hex[:8]}."
+
+    def build(**overrides: Any) -> Settings:
+        kafka = {
+            "bootstrap_servers": kafka_bootstrap,
+            "group_id": f"{prefix}herald",
+            "topic_prefix": prefix,
+            "statistics_interval_ms": 500,
+            **overrides.pop("kafka", {}),
+        }
+        return project_settings(
+            kafka=kafka,
+            smtp={
+                "host": "127.0.0.1",
+                "port": smtp.port,
+                "tls": "none",
+                "timeout_s": 10,
+                "retry_backoff_ms": 10,
+            },
+            http={"host": "127.0.0.1", "port": 0},
+            processing={"commit_interval_ms": 200, "shutdown_timeout_s": 10},
+            **overrides,
+        )
+
+    return build
+
+
+def create_topics(settings: Settings) -> None:
+    k = settings.kafka
+    from service.app import load
+
+    topics = [
+        *load(settings).bindings,
+        k.topic_prefix + k.results_topic,
+        k.topic_prefix + k.dead_letter_topic,
+    ]
+    ensure_topics(k.librdkafka(), topics, partitions=3)
+
+
+@asynccontextmanager
+async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[Herald]:
+    """Herald in this process, consuming until the block ends; then a graceful stop."""
+    herald = Herald(settings, metrics=Metrics(), **kwargs)
+    stop = asyncio.Event()
+    task = asyncio.create_task(herald.run(stop))
+    deadline = time.monotonic() + 60
+    while not herald.ready:
+        if task.done():
+            task.result()
+        assert time.monotonic() < deadline, "Herald did not join the group within 60 s"
+        await asyncio.sleep(0.05)
+    try:
+        yield herald
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
+
+
+def produce(
+    settings: Settings,
+    records: list[tuple[str, bytes | None, bytes | None]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Produce (topic suffix, key, value) records and wait for the broker's acknowledgement."""
+    p = confluent_kafka.Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    for topic, key, value in records:
+        p.produce(settings.kafka.topic_prefix + topic, value, key, headers=headers)
+    assert 0 == p.flush(30)
+
+
+async def read_topic(
+    settings: Settings, topic: str, count: int, timeout_s: float = 60
+) -> list[Any]:
+    """Read `count` committed records of a topic from the beginning (fails if fewer arrive)."""
+    c = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    c.subscribe([settings.kafka.topic_prefix + topic])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < count and time.monotonic() < deadline:
+            m = await asyncio.to_thread(c.poll, 0.2)
+            if m is not None and m.error() is None:
+                out.append(m)
+        # A little longer, to catch records that should not be there.
+        extra_deadline = time.monotonic() + 1.0
+        while time.monotonic() < extra_deadline:
+            m = await asyncio.to_thread(c.poll, 0.2)
+            if m is not None and m.error() is None:
+                out.append(m)
+    finally:
+        c.close()
+    assert count == len(out), f"{topic}: expected {count} records, got {len(out)}"
+    return out
+
+
+async def wait_for(predicate: Any, timeout_s: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def committed(settings: Settings, topic: str, partitions: int = 3) -> dict[int, int]:
+    """The consumer group's committed positions on a topic."""
+    c = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": settings.kafka.group_id,
+        }
+    )
+    try:
+        tps = [
+            confluent_kafka.TopicPartition(settings.kafka.topic_prefix + topic, p)
+            for p in range(partitions)
+        ]
+        return {tp.partition: tp.offset for tp in c.committed(tps, timeout=10)}
+    finally:
+        c.close()
+
+
+def end_offsets(settings: Settings, topic: str, partitions: int = 3) -> dict[int, int]:
+    c = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": "offsets-probe",
+        }
+    )
+    try:
+        return {
+            p: c.get_watermark_offsets(
+                confluent_kafka.TopicPartition(settings.kafka.topic_prefix + topic, p), timeout=10
+            )[1]
+            for p in range(partitions)
+        }
+    finally:
+        c.close()
+
+
+__all__ = [
+    "Path",
+    "committed",
+    "create_topics",
+    "end_offsets",
+    "produce",
+    "read_topic",
+    "running",
+    "wait_for",
+]
