@@ -23,6 +23,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from service.events import RawRecord
+from service.logs import KAFKA_LOGGER
 from service.metrics import Metrics
 from service.offsets import OffsetTracker
 from service.results import Outcome
@@ -79,6 +80,7 @@ class Consumer:
             "statistics.interval.ms": kafka.statistics_interval_ms,
             "stats_cb": self._on_stats,
             "error_cb": self._on_error,
+            "logger": KAFKA_LOGGER,
         }
         self._consumer = confluent_kafka.Consumer(conf)
 

@@ -16,13 +16,14 @@ import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
 from service.errors import PublishError
+from service.logs import KAFKA_LOGGER
 
 
 class AsyncProducer:
     """An idempotent producer whose `produce` can be awaited until the broker acknowledges."""
 
     def __init__(self, conf: dict[str, Any]) -> None:
-        base = {"enable.idempotence": True, "acks": "all", "linger.ms": 5}
+        base = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "logger": KAFKA_LOGGER}
         self._producer = confluent_kafka.Producer({**base, **conf})
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="herald-producer", daemon=True)

@@ -28,12 +28,16 @@ def redact_emails(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+KAFKA_LOGGER = logging.getLogger("herald.librdkafka")
+"""Handed to every librdkafka client (`logger` property) so its lines come out structured too."""
+
+
 def configure(level: str = "INFO", fmt: str = "json") -> None:
-    processors: list[Any] = [
+    """Structured logs for Herald and, through the stdlib bridge, for librdkafka and aiosmtpd."""
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
         redact_emails,
     ]
     renderer: Any = (
@@ -42,8 +46,18 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*processors, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

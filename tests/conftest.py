@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 
 from service.app import Loaded, load
 from service.avro import SchemaStore
@@ -93,3 +96,14 @@ def event_from_example(loaded: Loaded, event_type: str, **recipient: Any) -> Eve
 def write_json(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def log_entries() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every structlog entry emitted during the test, with its bound context merged in."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        yield capture.entries
+    finally:
+        structlog.reset_defaults()

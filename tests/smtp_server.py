@@ -12,6 +12,7 @@ import email.policy
 import socket
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -79,3 +80,28 @@ class SmtpServer:
 
     def __exit__(self, *exc: object) -> None:
         self._controller.stop()
+
+
+class TlsSmtpServer(SmtpServer):
+    """The recording server requiring STARTTLS, with a certificate from a throw-away CA."""
+
+    def __init__(self, ca_dir: Path) -> None:
+        import ssl
+
+        import trustme
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "localhost")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        self.ca_file = ca_dir / "ca.pem"
+        ca.cert_pem.write_to_path(str(self.ca_file))
+        self.handler = RecordingHandler()
+        self.port = free_port()
+        self._controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            tls_context=ctx,
+            require_starttls=True,
+        )

@@ -55,7 +55,7 @@ async def _scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
 
 
 async def test_each_event_type_reaches_the_inbox_and_the_results_topic(
-    make_settings: Any, smtp: SmtpServer, loaded: Loaded
+    make_settings: Any, smtp: SmtpServer, loaded: Loaded, log_entries: list[Any]
 ) -> None:
     """Three events → three correct mails (headers, both parts, locale) and three SENT outcomes."""
     settings = make_settings()
@@ -71,7 +71,18 @@ async def test_each_event_type_reaches_the_inbox_and_the_results_topic(
     async with running(settings) as herald:
         await wait_for(lambda: len(smtp.received) >= 3, what="three mails")
         outcomes = _outcomes(loaded, await read_topic(settings, "notification.outcomes", 3))
-        status, metrics = await _scrape(herald.http_port or 0)
+        for _ in range(100):  # librdkafka reports lag every statistics_interval_ms
+            status, metrics = await _scrape(herald.http_port or 0)
+            if "herald_consumer_lag{" in metrics:
+                break
+            await asyncio.sleep(0.1)
+
+    # Herald's own log lines carry no address, even before the redaction processor runs.
+    addresses = {"camille.martin@example.com", "alex.jordan@example.com", "priya.shah@example.com"}
+    assert [] == [e for e in log_entries if any(a in str(e) for a in addresses)]
+    processed = [e for e in log_entries if e["event"] == "record processed"]
+    assert 3 == len(processed)
+    assert set(records) == {e["event_id"] for e in processed}
 
     by_to = {r.envelope_to[0]: r.message for r in smtp.received}
     assert {
@@ -115,6 +126,10 @@ async def test_each_event_type_reaches_the_inbox_and_the_results_topic(
     assert 'herald_notifications_total{notification="order.receipt",status="sent"} 1.0' in metrics
     assert 'herald_smtp_attempts_total{reply_class="2xx",result="accepted"} 3.0' in metrics
     assert "herald_event_to_accepted_seconds_bucket" in metrics
+    assert (
+        f'herald_consumer_lag{{partition="2",topic="{settings.kafka.topic_prefix}order.confirmed"}}'
+        in metrics
+    )
 
 
 async def test_bad_records_are_dead_lettered_and_do_not_block_the_rest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,7 +12,7 @@ from service.mailer import Mailer, classify, enhanced_code
 from service.metrics import Metrics
 from service.mime import Email
 from service.settings import SmtpSettings
-from tests.smtp_server import SmtpServer
+from tests.smtp_server import SmtpServer, TlsSmtpServer
 
 
 @pytest.fixture
@@ -99,3 +100,29 @@ async def test_server_down_is_transient() -> None:
     async with Mailer(s, Metrics()) as mailer:
         with pytest.raises(TransientDeliveryError, match="connect"):
             await mailer.send(_email("a@example.com"))
+
+
+async def test_starttls_is_verified_by_default(tmp_path: Path) -> None:
+    """A certificate from an unknown CA is refused unless that CA is configured."""
+    with TlsSmtpServer(tmp_path) as server:
+        strict = SmtpSettings(
+            host="127.0.0.1", port=server.port, tls="starttls", timeout_s=5, max_attempts=1
+        )
+        async with Mailer(strict, Metrics()) as mailer:
+            with pytest.raises(TransientDeliveryError, match=r"(?i)certificate"):
+                await mailer.send(_email("a@example.com"))
+        trusting = strict.model_copy(update={"ca_file": server.ca_file})
+        async with Mailer(trusting, Metrics()) as mailer:
+            ok = await mailer.send(_email("a@example.com"))
+    assert 250 == ok.code
+    assert 1 == len(server.received)
+
+
+async def test_plain_connection_refused_by_a_server_requiring_tls(tmp_path: Path) -> None:
+    """`tls=none` against a server that requires STARTTLS fails at MAIL: a 5xx, permanent."""
+    with TlsSmtpServer(tmp_path) as server:
+        s = SmtpSettings(host="127.0.0.1", port=server.port, tls="none", timeout_s=5)
+        async with Mailer(s, Metrics()) as mailer:
+            with pytest.raises(PermanentDeliveryError) as info:
+                await mailer.send(_email("a@example.com"))
+    assert 530 == info.value.code
