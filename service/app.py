@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -10,16 +11,19 @@ from typing import Any
 
 import structlog
 
+from service.admin import ensure_topics
 from service.avro import SchemaStore
 from service.consumer import Consumer
 from service.errors import ConfigError
 from service.events import EventDecoder, TopicBinding, check_envelope
-from service.kafka import AsyncProducer
+from service.idempotency import open_store
+from service.kafka import TransactionalProducer
 from service.mailer import Mailer
 from service.metrics import HttpEndpoint, Metrics
 from service.pipeline import Pipeline
 from service.rendering import Renderer
-from service.results import OutcomePublisher
+from service.results import OutcomeCodec
+from service.retries import RetryPolicy
 from service.routing import RoutingTable, load_table
 from service.settings import Settings
 
@@ -41,7 +45,7 @@ def load(settings: Settings) -> Loaded:
     store = SchemaStore.load(settings.schemas_dir)
     table = load_table(settings.routing_file)
     renderer = Renderer(settings.templates_dir, settings.brand, settings.mail.default_locale)
-    OutcomePublisher.outcome_schema(store)
+    OutcomeCodec.outcome_schema(store)
     file = str(settings.routing_file)
     bindings: dict[str, TopicBinding] = {}
     for event_type, spec in table.events.items():
@@ -126,52 +130,56 @@ class Herald:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
+        k = s.kafka
         began = time.monotonic()
+        retries = RetryPolicy(s.retry, k.topic_prefix)
+        codec = await self._codec()
+        own_topics = [codec.results_topic, codec.dead_letter_topic, *retries.topics]
+        await asyncio.to_thread(
+            ensure_topics, k.librdkafka(), own_topics, partitions=k.own_topic_partitions
+        )
+        producer = TransactionalProducer(
+            {**k.librdkafka(), "client.id": f"{k.client_id}-out"},
+            k.transactional_id or f"{k.group_id}-{socket.gethostname()}",
+            k.transaction_timeout_ms,
+        )
+        await asyncio.to_thread(producer.init)
         async with AsyncExitStack() as stack:
-            producer = await stack.enter_async_context(
-                AsyncProducer({**s.kafka.librdkafka(), "client.id": f"{s.kafka.client_id}-out"})
-            )
+            stack.callback(producer.close)
+            store = await stack.enter_async_context(open_store(s.idempotency))
             mailer = await stack.enter_async_context(Mailer(s.smtp, self.metrics))
             http = await stack.enter_async_context(
                 HttpEndpoint(self.metrics, s.http.host, s.http.port, lambda: self.ready)
             )
             self.http_port = http.port
-            results_topic = s.kafka.topic_prefix + s.kafka.results_topic
-            schema = OutcomePublisher.outcome_schema(self.loaded.store)
-            schema_id = None
-            if s.kafka.results_encoding == "confluent":
-                from confluent_kafka.schema_registry import Schema
-
-                assert self._registry is not None  # registry_client() insists on one
-                schema_id = await self._registry.register_schema(
-                    f"{results_topic}-value", Schema(schema.canonical, "AVRO")
-                )
-            publisher = OutcomePublisher(
-                producer,
-                results_topic=results_topic,
-                dead_letter_topic=s.kafka.topic_prefix + s.kafka.dead_letter_topic,
-                schema=schema,
-                encoding=s.kafka.results_encoding,
-                registry_schema_id=schema_id,
-                recipient_mode=s.mail.recipient_in_outcomes,
-            )
             pipeline = Pipeline(
                 decoder=EventDecoder(self.loaded.bindings, self.loaded.store, self._registry),
                 table=self.loaded.table,
                 renderer=self.loaded.renderer,
                 mailer=mailer,
-                publisher=publisher,
+                store=store,
+                codec=codec,
+                retries=retries,
                 metrics=self.metrics,
                 mail=s.mail,
             )
             self._consumer = Consumer(
-                s.kafka, s.processing, sorted(self.loaded.bindings), pipeline.handle, self.metrics
+                k,
+                s.processing,
+                [*sorted(self.loaded.bindings), *retries.topics],
+                pipeline.handle,
+                producer,
+                retries,
+                self.metrics,
+                should_pause=lambda: mailer.breaker.is_open,
             )
             log.info(
                 "herald started",
                 topics=sorted(self.loaded.bindings),
-                results_topic=publisher.results_topic,
-                dead_letter_topic=publisher.dead_letter_topic,
+                results_topic=codec.results_topic,
+                dead_letter_topic=codec.dead_letter_topic,
+                retry_topics=retries.topics,
+                idempotency=s.idempotency.backend,
                 smtp=f"{s.smtp.host}:{s.smtp.port} tls={s.smtp.tls}",
                 http=f"http://{s.http.host}:{http.port}/metrics",
             )
@@ -184,3 +192,24 @@ class Herald:
                     uptime_s=round(time.monotonic() - began, 1),
                     **dict(self._consumer.counts),
                 )
+
+    async def _codec(self) -> OutcomeCodec:
+        s = self.settings
+        results_topic = s.kafka.topic_prefix + s.kafka.results_topic
+        schema = OutcomeCodec.outcome_schema(self.loaded.store)
+        schema_id = None
+        if s.kafka.results_encoding == "confluent":
+            from confluent_kafka.schema_registry import Schema
+
+            assert self._registry is not None  # registry_client() insists on one
+            schema_id = await self._registry.register_schema(
+                f"{results_topic}-value", Schema(schema.canonical, "AVRO")
+            )
+        return OutcomeCodec(
+            results_topic=results_topic,
+            dead_letter_topic=s.kafka.topic_prefix + s.kafka.dead_letter_topic,
+            schema=schema,
+            encoding=s.kafka.results_encoding,
+            registry_schema_id=schema_id,
+            recipient_mode=s.mail.recipient_in_outcomes,
+        )

@@ -54,6 +54,7 @@ def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from service.admin import ensure_topics
     from service.app import load
+    from service.retries import RetryPolicy
 
     loaded = load(settings)
     k = settings.kafka
@@ -61,6 +62,7 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         *sorted(loaded.bindings),
         k.topic_prefix + k.results_topic,
         k.topic_prefix + k.dead_letter_topic,
+        *RetryPolicy(settings.retry, k.topic_prefix).topics,
     ]
     created = ensure_topics(k.librdkafka(), topics, partitions=args.partitions)
     sys.stdout.write(f"topics created: {created or 'none (all exist)'}\n")

@@ -1,11 +1,14 @@
-"""Consumption: records flow from the group into the pipeline, many at once, in key order.
+"""Consumption: records flow from the group into the pipeline, many at once, in key order, and
+what they produce is committed with their offsets in one Kafka transaction.
 
-- Up to `max_in_flight` records are processed concurrently; past that the assigned partitions
-  are paused (not buffered) and resumed when half the work has drained. Polling goes on while
-  paused, so `max.poll.interval.ms` is never tripped.
+- Up to `max_in_flight` records are processed or awaiting commit at once; past that, or while
+  the SMTP breaker is open, the partitions are paused (not buffered) and resumed once half the
+  work has drained. Polling goes on while paused, so `max.poll.interval.ms` is never tripped.
 - Records with the same key in a partition run one after the other; others overlap.
-- Offsets are committed up to the lowest unfinished record of each partition, periodically, on
-  partition revocation (after draining those partitions) and at shutdown.
+- Every `commit_interval_ms`, the outcomes of each partition's finished prefix (never past an
+  unfinished record) are written together with the offsets that follow them, in one transaction.
+  The same happens for revoked partitions before they are released, and at shutdown.
+- Retry-topic records wait for their not-before time: the partition is paused at that record.
 """
 
 from __future__ import annotations
@@ -23,21 +26,24 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from service.events import RawRecord
+from service.kafka import Outbound, ProducerFenced, TransactionalProducer, TransactionFailed
 from service.logs import KAFKA_LOGGER
 from service.metrics import Metrics
 from service.offsets import OffsetTracker
-from service.results import Outcome
+from service.pipeline import Handled
+from service.retries import RetryPolicy
 from service.settings import KafkaSettings, ProcessingSettings
 
 log = structlog.get_logger("herald.consumer")
 T = TypeVar("T")
-Handler = Callable[[RawRecord], Awaitable[list[Outcome]]]
+TP = tuple[str, int]
+Handler = Callable[[RawRecord], Awaitable[Handled]]
 _BATCH = 500
-_POLL_S = 0.2
+_POLL_S = 0.1
 
 
 class FatalConsumerError(Exception):
-    """The consumer cannot go on (a bug in a handler, a fatal librdkafka error): exit non-zero."""
+    """The consumer cannot go on (a bug in a handler, a fenced producer): exit non-zero."""
 
 
 class Consumer:
@@ -49,49 +55,62 @@ class Consumer:
         processing: ProcessingSettings,
         topics: list[str],
         handler: Handler,
+        producer: TransactionalProducer,
+        retries: RetryPolicy,
         metrics: Metrics,
+        should_pause: Callable[[], bool] = lambda: False,
     ) -> None:
         self._kafka = kafka
         self._proc = processing
         self._topics = topics
         self._handler = handler
+        self._producer = producer
+        self._retries = retries
         self._metrics = metrics
+        self._should_pause = should_pause
         self._tracker = OffsetTracker()
+        self._done: dict[TP, dict[int, list[Outbound]]] = {}
+        """Records to write per finished offset, until their transaction commits."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._tails: dict[tuple[str, int, bytes], asyncio.Task[None]] = {}
-        self._tp_tasks: dict[tuple[str, int], set[asyncio.Task[None]]] = {}
+        self._tp_tasks: dict[TP, set[asyncio.Task[None]]] = {}
         self._paused = False
-        self._assigned: set[tuple[str, int]] = set()
+        self._deferred: dict[TP, float] = {}
+        """Retry partitions paused until their head record is due (monotonic time)."""
+        self._assigned: set[TP] = set()
         self._joined = False
         self._running = False
         self._fatal: BaseException | None = None
         self.counts: Counter[str] = Counter()
         """Outcome statuses and record totals, for the shutdown summary."""
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herald-consumer")
+        self._txn_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herald-txn")
         self._loop: asyncio.AbstractEventLoop | None = None
-        conf: dict[str, Any] = {
-            **kafka.librdkafka(),
-            "group.id": kafka.group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": kafka.auto_offset_reset,
-            "session.timeout.ms": kafka.session_timeout_ms,
-            "max.poll.interval.ms": kafka.max_poll_interval_ms,
-            "statistics.interval.ms": kafka.statistics_interval_ms,
-            "stats_cb": self._on_stats,
-            "error_cb": self._on_error,
-            "logger": KAFKA_LOGGER,
-        }
-        self._consumer = confluent_kafka.Consumer(conf)
+        self._consumer = confluent_kafka.Consumer(
+            {
+                **kafka.librdkafka(),
+                "group.id": kafka.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                # Outcomes of a crashed transaction must not be read back by a redrive or a test.
+                "isolation.level": "read_committed",
+                "auto.offset.reset": kafka.auto_offset_reset,
+                "session.timeout.ms": kafka.session_timeout_ms,
+                "max.poll.interval.ms": kafka.max_poll_interval_ms,
+                "statistics.interval.ms": kafka.statistics_interval_ms,
+                "stats_cb": self._on_stats,
+                "error_cb": self._on_error,
+                "logger": KAFKA_LOGGER,
+            }
+        )
 
     @property
     def ready(self) -> bool:
         """Running and past the first group join, so records will flow if there are any."""
         return self._running and self._joined
 
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: fn(*args, **kwargs))
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain, commit and leave the group."""
@@ -100,7 +119,7 @@ class Consumer:
             self._topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
         self._running = True
         log.info("consuming", topics=self._topics, group=self._kafka.group_id)
@@ -108,8 +127,9 @@ class Consumer:
         try:
             while not stop.is_set() and self._fatal is None:
                 messages = await self._call(self._consumer.consume, _BATCH, _POLL_S)
+                deferred_now: set[TP] = set()
                 for m in messages:
-                    self._accept(m)
+                    self._accept(m, deferred_now)
                 self._flow_control()
                 if time.monotonic() - last_commit >= self._proc.commit_interval_ms / 1000:
                     await self._commit()
@@ -120,7 +140,7 @@ class Consumer:
         if self._fatal is not None:
             raise FatalConsumerError(str(self._fatal)) from self._fatal
 
-    def _accept(self, m: Any) -> None:
+    def _accept(self, m: Any, deferred_now: set[TP]) -> None:
         err = m.error()
         if err is not None:
             if err.code() == KafkaError._PARTITION_EOF:
@@ -129,16 +149,24 @@ class Consumer:
                 self._fatal = KafkaException(err)
             log.warning("consumer error", error=err.str(), code=err.name())
             return
+        tp = (m.topic(), m.partition())
+        if tp in deferred_now or tp not in self._assigned:
+            return  # behind a record that is not due yet; it will be fetched again
         raw = RawRecord(
-            topic=m.topic(),
-            partition=m.partition(),
+            topic=tp[0],
+            partition=tp[1],
             offset=m.offset(),
             key=m.key(),
             value=m.value(),
             headers=tuple(m.headers() or ()),
             timestamp_ms=m.timestamp()[1] if m.timestamp()[0] else None,
         )
-        tp = (raw.topic, raw.partition)
+        if self._retries.is_retry_topic(raw.topic):
+            wait_s = (self._retries.not_before_ms(raw) - time.time() * 1000) / 1000
+            if wait_s > 0:
+                self._defer(tp, raw.offset, wait_s)
+                deferred_now.add(tp)
+                return
         self._tracker.track(tp, raw.offset)
         self._metrics.in_flight.inc()
         prev = self._tails.get((*tp, raw.key)) if raw.key is not None else None
@@ -149,12 +177,20 @@ class Consumer:
             self._tails[(*tp, raw.key)] = task
         task.add_done_callback(lambda t: self._finished(t, raw))
 
+    def _defer(self, tp: TP, offset: int, wait_s: float) -> None:
+        """Rewind a retry partition to a record not yet due and pause it until it is."""
+        part = TopicPartition(tp[0], tp[1], offset)
+        self._consumer.pause([part])
+        self._consumer.seek(part)
+        self._deferred[tp] = time.monotonic() + wait_s
+
     async def _process(self, raw: RawRecord, prev: asyncio.Task[None] | None) -> None:
         if prev is not None:
             await asyncio.wait([prev])  # same key: keep the producer's order
-        outcomes = await self._handler(raw)
+        handled = await self._handler(raw)
+        self._done.setdefault((raw.topic, raw.partition), {})[raw.offset] = handled.records
         self.counts["records"] += 1
-        self.counts.update(o.status.value.lower() for o in outcomes)
+        self.counts.update(s.lower() for s in handled.statuses)
 
     def _finished(self, task: asyncio.Task[None], raw: RawRecord) -> None:
         tp = (raw.topic, raw.partition)
@@ -173,37 +209,66 @@ class Consumer:
             return
         self._tracker.done(tp, raw.offset)
 
-    def _flow_control(self) -> None:
-        n = len(self._tasks)
-        limit = self._proc.max_in_flight
-        if not self._paused and n >= limit:
-            self._set_paused(True)
-        elif self._paused and n <= limit // 2:
-            self._set_paused(False)
+    def _backlog(self) -> int:
+        return len(self._tasks) + sum(len(d) for d in self._done.values())
 
-    def _set_paused(self, paused: bool) -> None:
-        parts = [TopicPartition(t, p) for t, p in self._assigned]
+    def _flow_control(self) -> None:
+        now = time.monotonic()
+        for tp, due in list(self._deferred.items()):
+            if due <= now:
+                del self._deferred[tp]
+                if not self._paused and tp in self._assigned:
+                    self._consumer.resume([TopicPartition(*tp)])
+        n = self._backlog()
+        limit = self._proc.max_in_flight
+        hold = self._should_pause()
+        if not self._paused and (n >= limit or hold):
+            self._set_paused(True, in_flight=n, breaker=hold)
+        elif self._paused and n <= limit // 2 and not hold:
+            self._set_paused(False, in_flight=n, breaker=hold)
+
+    def _set_paused(self, paused: bool, **why: object) -> None:
+        tps = [tp for tp in list(self._assigned) if paused or tp not in self._deferred]
+        parts = [TopicPartition(t, p) for t, p in tps]
         if parts:
             (self._consumer.pause if paused else self._consumer.resume)(parts)
         self._paused = paused
         self._metrics.paused.set(1 if paused else 0)
-        log.info(
-            "consumption paused" if paused else "consumption resumed", in_flight=len(self._tasks)
-        )
+        log.info("consumption paused" if paused else "consumption resumed", **why)
 
-    async def _commit(self, tps: list[tuple[str, int]] | None = None) -> None:
+    async def _commit(self, tps: list[TP] | None = None) -> None:
+        """Write the finished prefix's records and its offsets in one transaction.
+
+        Bookkeeping happens here on the event loop; only the blocking transaction runs on the
+        transaction thread.
+        """
         positions = self._tracker.committable(tps)
         if not positions:
             return
-        try:
-            await self._call(self._commit_sync, positions)
-        except KafkaException as exc:
-            log.warning("commit failed; will retry", error=str(exc))
-
-    def _commit_sync(self, positions: dict[tuple[str, int], int]) -> None:
+        records: list[Outbound] = []
+        for tp, pos in positions.items():
+            done = self._done.get(tp, {})
+            for offset in sorted(o for o in done if o < pos):
+                records.extend(done[offset])
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        self._consumer.commit(offsets=offsets, asynchronous=False)
+        group = self._consumer.consumer_group_metadata()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._txn_thread, self._producer.commit, records, offsets, group
+            )
+        except TransactionFailed as exc:
+            self._metrics.transactions.labels("aborted").inc()
+            log.warning("transaction aborted; outcomes and offsets held back", error=str(exc))
+            return
+        except ProducerFenced as exc:
+            self._fatal = exc
+            return
+        self._metrics.transactions.labels("committed").inc()
         self._tracker.committed(positions)
+        for tp, pos in positions.items():
+            done = self._done.get(tp, {})
+            for offset in [o for o in done if o < pos]:
+                del done[offset]
 
     # Rebalance callbacks run on the consumer thread, inside consume() or close().
 
@@ -217,28 +282,37 @@ class Consumer:
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         assert self._loop is not None
-        waiting = asyncio.run_coroutine_threadsafe(self._drain(tps), self._loop)
-        try:
-            waiting.result(timeout=self._proc.shutdown_timeout_s)
-        except TimeoutError:
-            log.warning(
-                "revoked partitions not drained in time; their records will be redelivered",
-                in_flight=self._tracker.in_flight(tps),
-            )
-        positions = self._tracker.committable(tps)
-        if positions:
-            try:
-                self._commit_sync(positions)
-            except KafkaException as exc:
-                log.warning("commit on revoke failed", error=str(exc))
-        self._tracker.forget(tps)
-        self._assigned.difference_update(tps)
+        waiting = asyncio.run_coroutine_threadsafe(self._hand_back(tps, commit=True), self._loop)
+        waiting.result()
         log.info("partitions revoked", partitions=_names(partitions))
 
-    async def _drain(self, tps: list[tuple[str, int]]) -> None:
-        tasks = set().union(*(self._tp_tasks.get(tp, set()) for tp in tps)) if tps else set()
-        if tasks:
-            await asyncio.wait(tasks)
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Lost, not revoked: someone else may own them already, so commit nothing."""
+        tps = [(p.topic, p.partition) for p in partitions]
+        assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._hand_back(tps, commit=False), self._loop).result()
+        log.warning(
+            "partitions lost; their uncommitted records will be redelivered",
+            partitions=_names(partitions),
+        )
+
+    async def _hand_back(self, tps: list[TP], *, commit: bool) -> None:
+        """Finish (within the deadline) and commit what these partitions hold, then forget them."""
+        if commit:
+            tasks = set().union(*(self._tp_tasks.get(tp, set()) for tp in tps))
+            if tasks:
+                _, pending = await asyncio.wait(tasks, timeout=self._proc.shutdown_timeout_s)
+                if pending:
+                    log.warning(
+                        "revoked partitions not drained in time; their records will be redelivered",
+                        in_flight=len(pending),
+                    )
+            await self._commit(tps)
+        self._tracker.forget(tps)
+        for tp in tps:
+            self._done.pop(tp, None)
+            self._deferred.pop(tp, None)
+        self._assigned.difference_update(tps)
 
     async def _shutdown(self) -> None:
         if self._tasks:
@@ -249,17 +323,28 @@ class Consumer:
             if pending:
                 await asyncio.wait(pending)
                 log.warning("shutdown deadline passed; records handed back", count=len(pending))
-        await self._commit()
+        if self._fatal is None:
+            await self._commit()
         await self._call(self._consumer.close)
         self._thread.shutdown(wait=True)
+        self._txn_thread.shutdown(wait=True)
 
     def _on_stats(self, stats_json: str) -> None:
+        """Lag = last stable offset - committed position. librdkafka's own `consumer_lag`
+        stays unknown here: offsets are committed through the producer's transactions."""
         stats = json.loads(stats_json)
         for topic, t in stats.get("topics", {}).items():
             for pid, p in t.get("partitions", {}).items():
-                lag = p.get("consumer_lag", -1)
-                if pid != "-1" and lag >= 0 and (topic, int(pid)) in self._assigned:
-                    self._metrics.consumer_lag.labels(topic, pid).set(lag)
+                if pid == "-1" or (topic, int(pid)) not in self._assigned:
+                    continue
+                end = p.get("ls_offset", -1)
+                committed = self._tracker.position((topic, int(pid)))
+                if committed is None:
+                    committed = p.get("committed_offset", -1)
+                if committed is None or committed < 0:
+                    committed = p.get("lo_offset", -1)
+                if end >= 0 and committed >= 0:
+                    self._metrics.consumer_lag.labels(topic, pid).set(max(0, end - committed))
 
     def _on_error(self, err: KafkaError) -> None:
         log.warning("kafka client error", error=err.str(), code=err.name())

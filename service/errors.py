@@ -77,11 +77,19 @@ class DeliveryError(HeraldError):
         self.text = text
         self.attempts = 1
         """SMTP attempts made before giving up; set by the mailer."""
+        self.server_wide = False
+        """The server as a whole failed (unreachable, 421, AUTH), not this message."""
 
 
 class TransientDeliveryError(DeliveryError):
     retryable = True
     reason = "smtp_transient"
+
+
+class SmtpUnavailable(TransientDeliveryError):
+    """The breaker is open: the server failed repeatedly; sending now would only burn tries."""
+
+    reason = "smtp_unavailable"
 
 
 class PermanentDeliveryError(DeliveryError):

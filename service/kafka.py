@@ -1,80 +1,115 @@
-"""The confluent-kafka adapter: blocking librdkafka calls bridged onto asyncio, once.
+"""The confluent-kafka producer side: every write Herald makes goes through one transaction
+with the consumer offsets it settles (KIP-98, KIP-447), so read_committed readers of the results
+topic see each outcome once, and never one whose record will be processed again.
 
-Delivery callbacks run on a poller thread and resolve futures with `call_soon_threadsafe`;
-consumer calls run on one dedicated thread so librdkafka sees them serialised, and the rebalance
-callbacks they trigger can wait for the event loop without blocking it.
+Calls block, so they run on a thread the caller chooses; a lock keeps one transaction at a time
+(the periodic commit and a rebalance callback may both want one).
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException, TopicPartition
 
-from service.errors import PublishError
+from service.errors import HeraldError
 from service.logs import KAFKA_LOGGER
 
 
-class AsyncProducer:
-    """An idempotent producer whose `produce` can be awaited until the broker acknowledges."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outbound:
+    """A record Herald writes: an outcome, a dead letter or a retry."""
 
-    def __init__(self, conf: dict[str, Any]) -> None:
-        base = {"enable.idempotence": True, "acks": "all", "linger.ms": 5, "logger": KAFKA_LOGGER}
-        self._producer = confluent_kafka.Producer({**base, **conf})
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, name="herald-producer", daemon=True)
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
-    async def __aenter__(self) -> AsyncProducer:
-        self._thread.start()
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._producer.flush, 30)
-        self._stop.set()
-        self._thread.join(timeout=5)
-        # Without close() the client lives until garbage-collected, reconnecting in the background.
-        self._producer.close()
+class TransactionFailed(HeraldError):
+    """The transaction was aborted; nothing in it is visible and the offsets did not move."""
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.1)
+    retryable = True
+    reason = "transaction_aborted"
 
-    async def produce(
-        self,
-        topic: str,
-        value: bytes | None,
-        *,
-        key: bytes | None = None,
-        headers: Sequence[tuple[str, bytes]] | None = None,
+
+class ProducerFenced(HeraldError):
+    """Another instance took over this transactional id, or the producer hit a fatal error."""
+
+    reason = "producer_fenced"
+
+
+class TransactionalProducer:
+    def __init__(self, conf: dict[str, Any], transactional_id: str, timeout_ms: int) -> None:
+        self._timeout_s = timeout_ms / 1000
+        self._producer = confluent_kafka.Producer(
+            {
+                **conf,
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": timeout_ms,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "logger": KAFKA_LOGGER,
+            }
+        )
+        self._lock = threading.Lock()
+
+    def init(self) -> None:
+        """Register the transactional id, aborting whatever a previous incarnation left open."""
+        try:
+            self._producer.init_transactions(self._timeout_s)
+        except KafkaException as exc:
+            raise ProducerFenced(f"init_transactions failed: {exc}") from exc
+
+    def commit(
+        self, records: Sequence[Outbound], offsets: list[TopicPartition], group: Any
     ) -> None:
-        """Send one record; returns when it is durably written, else raises PublishError."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
+        """Write `records` and move the group's `offsets`, all or nothing."""
+        with self._lock:
+            p = self._producer
+            try:
+                p.begin_transaction()
+                for r in records:
+                    self._produce(r)
+                if offsets:
+                    p.send_offsets_to_transaction(offsets, group, self._timeout_s)
+                p.commit_transaction(self._timeout_s)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal():
+                    raise ProducerFenced(f"fatal producer error: {err.str()}") from exc
+                self._abort()
+                raise TransactionFailed(f"transaction aborted: {err.str()}") from exc
 
-        def on_delivery(err: KafkaError | None, _msg: Any) -> None:
-            loop.call_soon_threadsafe(_resolve, done, err)
-
+    def _produce(self, r: Outbound) -> None:
         while True:
             try:
-                self._producer.produce(
-                    topic, value, key, headers=list(headers or ()), on_delivery=on_delivery
-                )
-                break
+                self._producer.produce(r.topic, r.value, r.key, headers=list(r.headers))
+                return
             except BufferError:
-                await asyncio.sleep(0.05)  # local queue full: let the poller drain it
+                self._producer.poll(0.05)  # local queue full: serve delivery reports
+
+    def _abort(self) -> None:
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            try:
+                self._producer.abort_transaction(max(1.0, deadline - time.monotonic()))
+                return
             except KafkaException as exc:
-                raise PublishError(f"produce to {topic} refused: {exc}") from exc
-        await done
+                err = exc.args[0]
+                if err.fatal() or time.monotonic() > deadline:
+                    raise ProducerFenced(f"abort failed: {err.str()}") from exc
+                if not err.retriable():
+                    return  # no transaction in progress: nothing to abort
+                time.sleep(0.2)
 
-
-def _resolve(fut: asyncio.Future[None], err: KafkaError | None) -> None:
-    if fut.done():
-        return
-    if err is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(PublishError(f"not acknowledged: {err.str()}"))
+    def close(self) -> None:
+        with self._lock:
+            self._producer.flush(self._timeout_s)
+            self._producer.close()

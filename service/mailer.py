@@ -11,23 +11,26 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aiosmtplib
+import structlog
 
 from service.errors import (
     DeliveryError,
     DeliveryUnknownError,
     PermanentDeliveryError,
+    SmtpUnavailable,
     TransientDeliveryError,
 )
 from service.metrics import Metrics
 from service.mime import Email
 from service.settings import SmtpSettings
 
+log = structlog.get_logger("herald.mailer")
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
 
 
@@ -51,7 +54,63 @@ def enhanced_code(text: str) -> str | None:
 def classify(code: int, text: str) -> DeliveryError:
     """4xx is worth another try later; anything else that is not 2xx is final (RFC 5321 4.2.1)."""
     cls = TransientDeliveryError if 400 <= code < 500 else PermanentDeliveryError
-    return cls(f"SMTP {code}", code=code, enhanced_code=enhanced_code(text), text=text[:500])
+    err = cls(f"SMTP {code}", code=code, enhanced_code=enhanced_code(text), text=text[:500])
+    err.server_wide = code == 421  # RFC 5321 3.8: the service is shutting down
+    return err
+
+
+class CircuitBreaker:
+    """Opens after `threshold` consecutive server-wide failures; after `cooldown_s` lets one
+    probe through (half-open), which closes it on success or reopens it on failure."""
+
+    def __init__(self, threshold: int, cooldown_s: float) -> None:
+        self._threshold = threshold
+        self._cooldown_s = cooldown_s
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+        self.last_error = ""
+        """The failure that last counted against the server, for the error message."""
+
+    @property
+    def is_open(self) -> bool:
+        """True while sending is refused, cool-down included; consumption pauses meanwhile."""
+        return self._opened_at is not None
+
+    def _ready(self) -> bool:
+        if self._opened_at is None:
+            return True
+        return time.monotonic() - self._opened_at >= self._cooldown_s and not self._probing
+
+    def allow(self) -> bool:
+        """May a send go now? In half-open state only the first caller gets the probe."""
+        if self._opened_at is None:
+            return True
+        if not self._ready():
+            return False
+        self._probing = True
+        return True
+
+    def succeeded(self) -> None:
+        self._failures = 0
+        self._opened_at = None
+        self._probing = False
+
+    def failed(self) -> bool:
+        """Count a server-wide failure; True if this opened the breaker."""
+        self._failures += 1
+        was_open = self._opened_at is not None
+        if self._probing or self._failures >= self._threshold:
+            self._opened_at = time.monotonic()
+            self._probing = False
+            return not was_open
+        return False
+
+    async def wait(self) -> None:
+        """Until a send may be tried again (it may still lose the probe to another caller)."""
+        # The condition is time itself (and a probe's fate), so a short poll is the simplest.
+        while not self._ready():  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
 
 
 @contextmanager
@@ -59,17 +118,29 @@ def _map_smtp_errors(phase: str) -> Iterator[None]:
     """Translate aiosmtplib's exceptions into ours, once."""
     try:
         yield
+    except aiosmtplib.SMTPResponseException as exc:
+        if phase != "connect":
+            raise classify(exc.code, exc.message) from exc
+        # Greeting refused or AUTH failed: the server or our credentials, not this message.
+        err = TransientDeliveryError(
+            f"connect: SMTP {exc.code}",
+            code=exc.code,
+            enhanced_code=enhanced_code(exc.message),
+            text=exc.message[:500],
+        )
+        err.server_wide = True
+        raise err from exc
     except aiosmtplib.SMTPRecipientsRefused as exc:
         first = exc.recipients[0]
         raise classify(first.code, first.message) from exc
-    except aiosmtplib.SMTPResponseException as exc:
-        raise classify(exc.code, exc.message) from exc
     except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
         if phase == "data":
             raise DeliveryUnknownError(
                 f"connection lost after the message was sent: {type(exc).__name__}"
             ) from exc
-        raise TransientDeliveryError(f"{phase}: {type(exc).__name__}: {exc}") from exc
+        err = TransientDeliveryError(f"{phase}: {type(exc).__name__}: {exc}")
+        err.server_wide = phase == "connect"
+        raise err from exc
 
 
 class Mailer:
@@ -80,6 +151,7 @@ class Mailer:
         self._metrics = metrics
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(settings.pool_size)
+        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
 
     async def __aenter__(self) -> Mailer:
         return self
@@ -110,29 +182,51 @@ class Mailer:
             cert_bundle=str(s.ca_file) if s.ca_file else None,
         )
 
-    async def send(self, message: Email) -> Delivery:
-        """Deliver with a few quick retries; raises the last DeliveryError when they run out."""
+    async def send(
+        self, message: Email, before_data: Callable[[], Awaitable[None]] | None = None
+    ) -> Delivery:
+        """Deliver with a few quick retries; raises the last DeliveryError when they run out.
+
+        `before_data` runs just before the message body is handed over: from then on a lost
+        connection leaves the outcome unknown. Server-wide failures do not use up the message's
+        tries; they feed the breaker, and once it is open SmtpUnavailable is raised at once.
+        """
         attempt = 0
         while True:
+            if not self.breaker.allow():
+                raise SmtpUnavailable(f"SMTP circuit breaker is open: {self.breaker.last_error}")
             attempt += 1
             try:
-                delivery = await self._send_once(message, attempt)
-            except TransientDeliveryError as exc:
-                self._metrics.smtp_attempt(exc)
-                if attempt >= self._s.max_attempts:
-                    exc.attempts = attempt
-                    raise
-                base = self._s.retry_backoff_ms / 1000 * 2 ** (attempt - 1)
-                await asyncio.sleep(random.uniform(0, base))  # full jitter
-                continue
+                delivery = await self._send_once(message, attempt, before_data)
             except DeliveryError as exc:
                 self._metrics.smtp_attempt(exc)
                 exc.attempts = attempt
-                raise
+                if exc.server_wide:
+                    attempt -= 1
+                    self.breaker.last_error = str(exc)
+                    if self.breaker.failed():
+                        self._metrics.breaker_open.set(1)
+                        log.warning("SMTP circuit breaker opened", error=str(exc))
+                else:
+                    self._close_breaker()
+                if not isinstance(exc, TransientDeliveryError) or attempt >= self._s.max_attempts:
+                    raise
+                base = self._s.retry_backoff_ms / 1000 * 2 ** max(0, attempt - 1)
+                await asyncio.sleep(random.uniform(0, base))  # full jitter
+                continue
             self._metrics.smtp_attempt(None)
+            self._close_breaker()
             return delivery
 
-    async def _send_once(self, message: Email, attempt: int) -> Delivery:
+    def _close_breaker(self) -> None:
+        if self.breaker.is_open:
+            log.info("SMTP circuit breaker closed")
+            self._metrics.breaker_open.set(0)
+        self.breaker.succeeded()
+
+    async def _send_once(
+        self, message: Email, attempt: int, before_data: Callable[[], Awaitable[None]] | None
+    ) -> Delivery:
         async with self._slots:
             client, reused = await self._acquire()
             started = time.perf_counter()
@@ -151,6 +245,8 @@ class Mailer:
                         await client.mail(message.envelope_from)
                 with _map_smtp_errors("envelope"):
                     await client.rcpt(message.envelope_to)
+                if before_data is not None:
+                    await before_data()
                 with _map_smtp_errors("data"):
                     reply = await client.data(message.data)
                 ok = True

@@ -46,9 +46,20 @@ class Metrics:
         self.dead_letters = Counter(
             "herald_dead_letters", "Records sent to the dead-letter topic.", ["reason"], registry=r
         )
-        self.publish_failures = Counter(
-            "herald_outcome_publish_failures",
-            "Outcome or dead-letter records Kafka did not acknowledge.",
+        self.breaker_open = Gauge(
+            "herald_smtp_breaker_open", "1 while the SMTP circuit breaker is open.", registry=r
+        )
+        self.retries_scheduled = Counter(
+            "herald_retries_scheduled",
+            "Notifications handed to a retry topic after transient failures.",
+            ["topic"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            "herald_transactions",
+            "Transactions of outcomes and offsets by result: committed, or aborted (outcomes "
+            "could not be published; the offsets stay put and the write is tried again).",
+            ["result"],
             registry=r,
         )
         self.in_flight = Gauge("herald_in_flight", "Records being processed.", registry=r)

@@ -56,6 +56,11 @@ class OffsetTracker:
                 out[tp] = nxt
         return out
 
+    def position(self, tp: TopicPartition) -> int | None:
+        """Last committed position of a partition, if this process committed one."""
+        part = self._parts.get(tp)
+        return part.committed if part else None
+
     def committed(self, positions: dict[TopicPartition, int]) -> None:
         for tp, pos in positions.items():
             if tp in self._parts:

@@ -1,17 +1,14 @@
-"""The one place where a record's fate is decided: decode → route → render → deliver → report.
+"""The one place where a record's fate is decided: decode → route → render → deliver.
 
-Every record ends with at least one outcome (one per notification, or one for the record when
-it never became a notification), and `handle` returns only once all of them are acknowledged by
-Kafka; only then may its offset be committed.
+`handle` returns what the record leads Herald to write (one outcome per notification, or one for
+the record when it never became a notification; a dead-letter copy; retry records). The consumer
+writes them in the same transaction as the record's offset, so they appear exactly once.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from functools import partial
 
 import structlog
 
@@ -19,20 +16,31 @@ from service.errors import (
     DeliveryError,
     DeliveryUnknownError,
     HeraldError,
-    PublishError,
     RecordError,
+    SmtpUnavailable,
     TransientDeliveryError,
 )
 from service.events import Event, EventDecoder, RawRecord
+from service.idempotency import IdempotencyStore, State, wait_for_store
+from service.kafka import Outbound
 from service.mailer import Mailer
 from service.metrics import Metrics
 from service.mime import compose
 from service.rendering import Renderer
-from service.results import Outcome, OutcomePublisher, Status, now, record_outcome_id
+from service.results import Outcome, OutcomeCodec, Status, now, record_outcome_id
+from service.retries import RetryPolicy, RetryTicket
 from service.routing import Notification, RoutingTable, route
 from service.settings import MailSettings
 
 log = structlog.get_logger("herald.pipeline")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handled:
+    """What one consumed record leads Herald to write, and the statuses for counting."""
+
+    records: list[Outbound]
+    statuses: list[str]
 
 
 @dataclass(slots=True)
@@ -40,8 +48,11 @@ class _RecordState:
     """What one record's processing has done so far; lives for one `handle` call."""
 
     raw: RawRecord
-    dead_lettered: bool = False
+    """The record as first consumed (for a retry, the original event's coordinates)."""
+    ticket: RetryTicket | None = None
+    dead_letter: Outbound | None = None
     outcomes: list[Outcome] = field(default_factory=list)
+    retries: list[Outbound] = field(default_factory=list)
 
 
 class Pipeline:
@@ -52,7 +63,9 @@ class Pipeline:
         table: RoutingTable,
         renderer: Renderer,
         mailer: Mailer,
-        publisher: OutcomePublisher,
+        store: IdempotencyStore,
+        codec: OutcomeCodec,
+        retries: RetryPolicy,
         metrics: Metrics,
         mail: MailSettings,
     ) -> None:
@@ -60,30 +73,37 @@ class Pipeline:
         self._table = table
         self._renderer = renderer
         self._mailer = mailer
-        self._publisher = publisher
+        self._store = store
+        self._codec = codec
+        self._retries = retries
         self._metrics = metrics
         self._mail = mail
 
-    async def handle(self, raw: RawRecord) -> list[Outcome]:
-        """Decide, publish and count every outcome of one record."""
+    async def handle(self, raw: RawRecord) -> Handled:
+        """Decide every outcome of one record (an event, or a retry of one of its mails)."""
         started = time.perf_counter()
-        state = _RecordState(raw=raw)
         self._metrics.records_consumed.labels(raw.topic).inc()
+        ticket = self._retries.ticket(raw) if self._retries.is_retry_topic(raw.topic) else None
+        state = _RecordState(raw=ticket.original if ticket else raw, ticket=ticket)
         with structlog.contextvars.bound_contextvars(
             topic=raw.topic, partition=raw.partition, offset=raw.offset
         ):
             await self._decide(state)
-            for outcome in state.outcomes:
-                await _until_acknowledged(partial(self._publisher.publish, outcome), self._metrics)
+            for o in state.outcomes:
                 self._metrics.notifications.labels(
-                    outcome.notification_type or "none", outcome.status.value.lower()
+                    o.notification_type or "none", o.status.value.lower()
                 ).inc()
             log.info(
                 "record processed",
                 outcomes=[f"{o.notification_type or '-'}:{o.status.value}" for o in state.outcomes],
+                retries=len(state.retries),
+                retry_round=ticket.round if ticket else None,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
-        return state.outcomes
+        records = [self._codec.outcome(o) for o in state.outcomes] + state.retries
+        if state.dead_letter is not None:
+            records.insert(0, state.dead_letter)
+        return Handled(records=records, statuses=[o.status.value for o in state.outcomes])
 
     async def _decide(self, state: _RecordState) -> None:
         raw = state.raw
@@ -91,66 +111,136 @@ class Pipeline:
             event = await self._decoder.decode(raw)
         except HeraldError as exc:  # DecodeError, or the registry out of reach
             self._metrics.decode_failures.labels(raw.topic).inc()
-            await self._dead_letter(state, exc, stage="decode", event=None)
+            self._dead_letter(state, exc.reason, str(exc), stage="decode", event=None)
             return
         self._metrics.records_decoded.labels(raw.topic).inc()
         structlog.contextvars.bind_contextvars(event_id=event.event_id)
         try:
             notifications = route(event, self._table)
         except RecordError as exc:
-            await self._dead_letter(state, exc, stage="route", event=event)
+            self._dead_letter(state, exc.reason, str(exc), stage="route", event=event)
             return
+        if state.ticket is not None:
+            notifications = [n for n in notifications if n.type == state.ticket.notification]
+            if not notifications:  # the route was removed since: nothing left to retry
+                self._dead_letter(
+                    state,
+                    "route_removed",
+                    f"no route {state.ticket.notification!r} any more",
+                    stage="retry",
+                    event=event,
+                )
+                return
         for n in notifications:
-            state.outcomes.append(await self._deliver(state, n))
+            state.outcomes.extend(await self._deliver(state, n))
 
-    async def _deliver(self, state: _RecordState, n: Notification) -> Outcome:
+    async def _deliver(self, state: _RecordState, n: Notification) -> list[Outcome]:
         if not n.condition_met:
-            return self._outcome(state.raw, n, Status.SUPPRESSED, reason="condition_false")
+            return [self._outcome(state.raw, n, Status.SUPPRESSED, reason="condition_false")]
+        prior = await wait_for_store(lambda: self._store.claim(n.idempotency_key))
+        if prior.state is State.ACCEPTED:
+            return [
+                self._outcome(
+                    state.raw,
+                    n,
+                    Status.DEDUPLICATED,
+                    reason="already_accepted",
+                    message_id=prior.message_id,
+                    smtp_code=prior.smtp_code,
+                )
+            ]
+        if prior.state is State.IN_DATA:
+            # An earlier try died between handing over the body and the reply (RFC 1047).
+            return [self._outcome(state.raw, n, Status.UNKNOWN, reason="reply_lost")]
         try:
             t0 = time.perf_counter()
             rendered = self._renderer.render(n)
             message = compose(n, rendered, self._mail, now())
             self._metrics.render_seconds.observe(time.perf_counter() - t0)
         except RecordError as exc:
-            await self._send_to_dead_letter(state, exc, stage="render")
-            return self._outcome(
-                state.raw, n, Status.DEAD_LETTERED, reason=exc.reason, detail=str(exc)
-            )
+            await self._release(n)
+            self._copy_to_dead_letter(state, exc.reason, str(exc), stage="render")
+            return [
+                self._outcome(
+                    state.raw, n, Status.DEAD_LETTERED, reason=exc.reason, detail=str(exc)
+                )
+            ]
         except DeliveryError as exc:  # an address no server could take
-            return self._outcome(state.raw, n, Status.FAILED, reason=exc.reason, detail=str(exc))
-        try:
-            delivery = await self._mailer.send(message)
-        except DeliveryError as exc:
-            status = Status.UNKNOWN if isinstance(exc, DeliveryUnknownError) else Status.FAILED
-            reason = "retries_exhausted" if isinstance(exc, TransientDeliveryError) else exc.reason
-            return self._outcome(
-                state.raw,
-                n,
-                status,
-                reason=reason,
-                detail=str(exc),
-                locale=rendered.locale,
+            await self._release(n)
+            return [self._outcome(state.raw, n, Status.FAILED, reason=exc.reason, detail=str(exc))]
+
+        async def mark_data() -> None:
+            await wait_for_store(lambda: self._store.data_started(n.idempotency_key))
+
+        while True:
+            try:
+                delivery = await self._mailer.send(message, before_data=mark_data)
+                break
+            except SmtpUnavailable:
+                await self._mailer.breaker.wait()  # the consumer is paused meanwhile
+            except DeliveryError as exc:
+                return await self._failed(state, n, exc, rendered.locale, message.message_id)
+        sent_ms = int(delivery.sent_at.timestamp() * 1000)
+        await wait_for_store(
+            lambda: self._store.accepted(
+                n.idempotency_key,
                 message_id=message.message_id,
-                attempt=exc.attempts,
-                smtp_code=exc.code,
-                smtp_enhanced_code=exc.enhanced_code,
-                smtp_text=exc.text,
+                smtp_code=delivery.code,
+                sent_at_ms=sent_ms,
             )
+        )
         self._metrics.event_to_accepted_seconds.labels(n.priority.value).observe(
             max(0.0, (delivery.sent_at - n.event.occurred_at).total_seconds())
         )
-        return self._outcome(
-            state.raw,
-            n,
-            Status.SENT,
-            locale=rendered.locale,
-            message_id=message.message_id,
-            attempt=delivery.attempts,
-            smtp_code=delivery.code,
-            smtp_enhanced_code=delivery.enhanced_code,
-            smtp_text=delivery.text,
-            sent_at=delivery.sent_at,
-        )
+        return [
+            self._outcome(
+                state.raw,
+                n,
+                Status.SENT,
+                locale=rendered.locale,
+                message_id=message.message_id,
+                attempt=delivery.attempts,
+                smtp_code=delivery.code,
+                smtp_enhanced_code=delivery.enhanced_code,
+                smtp_text=delivery.text,
+                sent_at=delivery.sent_at,
+            )
+        ]
+
+    async def _failed(
+        self, state: _RecordState, n: Notification, exc: DeliveryError, locale: str, mid: str
+    ) -> list[Outcome]:
+        smtp = {
+            "locale": locale,
+            "message_id": mid,
+            "attempt": exc.attempts,
+            "smtp_code": exc.code,
+            "smtp_enhanced_code": exc.enhanced_code,
+            "smtp_text": exc.text,
+            "detail": str(exc),
+        }
+        if isinstance(exc, DeliveryUnknownError):
+            return [self._outcome(state.raw, n, Status.UNKNOWN, reason=exc.reason, **smtp)]
+        await self._release(n)
+        if isinstance(exc, TransientDeliveryError):
+            rounds_done = state.ticket.round if state.ticket else 0
+            retry = self._retries.schedule(
+                state.raw,
+                notification=n.type,
+                rounds_done=rounds_done,
+                occurred_at=n.event.occurred_at,
+                reason=exc.reason,
+            )
+            if retry is not None:
+                state.retries.append(retry)
+                self._metrics.retries_scheduled.labels(retry.topic).inc()
+                return []  # not terminal: the retry round will give the outcome
+            self._copy_to_dead_letter(state, "retries_exhausted", str(exc), stage="deliver")
+            return [self._outcome(state.raw, n, Status.FAILED, reason="retries_exhausted", **smtp)]
+        return [self._outcome(state.raw, n, Status.FAILED, reason=exc.reason, **smtp)]
+
+    async def _release(self, n: Notification) -> None:
+        await wait_for_store(lambda: self._store.release(n.idempotency_key))
 
     def _outcome(
         self, raw: RawRecord, n: Notification, status: Status, **fields: object
@@ -166,14 +256,14 @@ class Pipeline:
             "template": n.template,
             "category": n.category.value,
             "locale": None,
-            "recipient": self._publisher.recipient_label(n.recipient.email),
+            "recipient": self._codec.recipient_label(n.recipient.email),
             "status": status,
             "attempt": 0,
             "occurred_at": n.event.occurred_at,
             "processed_at": now(),
         }
         values.update(fields)
-        if status is not Status.SENT:
+        if status not in (Status.SENT, Status.SUPPRESSED, Status.DEDUPLICATED):
             log.warning(
                 "notification not sent",
                 notification=n.type,
@@ -183,10 +273,22 @@ class Pipeline:
             )
         return Outcome(**values)  # type: ignore[arg-type]
 
-    async def _dead_letter(
-        self, state: _RecordState, exc: HeraldError, *, stage: str, event: Event | None
+    def _copy_to_dead_letter(
+        self, state: _RecordState, reason: str, detail: str, *, stage: str
     ) -> None:
-        await self._send_to_dead_letter(state, exc, stage=stage)
+        """Once per record, however many of its notifications failed."""
+        if state.dead_letter is None:
+            log.warning("record dead-lettered", stage=stage, reason=reason, detail=detail)
+            state.dead_letter = self._codec.dead_letter(
+                state.raw, reason=reason, detail=detail, stage=stage
+            )
+            self._metrics.dead_letters.labels(reason).inc()
+
+    def _dead_letter(
+        self, state: _RecordState, reason: str, detail: str, *, stage: str, event: Event | None
+    ) -> None:
+        """A record that never became a notification: dead-lettered, with one outcome of its own."""
+        self._copy_to_dead_letter(state, reason, detail, stage=stage)
         raw = state.raw
         state.outcomes.append(
             Outcome(
@@ -203,38 +305,9 @@ class Pipeline:
                 recipient=None,
                 status=Status.DEAD_LETTERED,
                 attempt=0,
-                reason=exc.reason,
-                detail=str(exc),
+                reason=reason,
+                detail=detail,
                 occurred_at=event.occurred_at if event else None,
                 processed_at=now(),
             )
         )
-
-    async def _send_to_dead_letter(
-        self, state: _RecordState, exc: HeraldError, *, stage: str
-    ) -> None:
-        if state.dead_lettered:
-            return  # one copy per record, however many of its notifications failed
-        log.warning("record dead-lettered", stage=stage, reason=exc.reason, detail=str(exc))
-        await _until_acknowledged(
-            lambda: self._publisher.dead_letter(
-                state.raw, reason=exc.reason, detail=str(exc), stage=stage
-            ),
-            self._metrics,
-        )
-        self._metrics.dead_letters.labels(exc.reason).inc()
-        state.dead_lettered = True
-
-
-async def _until_acknowledged(send: Callable[[], Awaitable[None]], metrics: Metrics) -> None:
-    """Kafka already retries for `message.timeout.ms`; past that, keep trying, never drop."""
-    delay = 0.5
-    while True:
-        try:
-            await send()
-            return
-        except PublishError as exc:
-            metrics.publish_failures.inc()
-            log.error("publish failed; offset held back", error=str(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)

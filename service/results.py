@@ -16,7 +16,7 @@ from typing import Any, Literal
 from service.avro import SchemaStore, StoredSchema, encode_single_object, write_body
 from service.errors import ConfigError
 from service.events import RawRecord
-from service.kafka import AsyncProducer
+from service.kafka import Outbound
 
 OUTCOME_SCHEMA = "herald.outcomes.NotificationOutcome"
 HEADER_PREFIX = "herald."
@@ -86,12 +86,16 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-class OutcomePublisher:
-    """Publishes outcomes and dead letters; each call returns once Kafka has acknowledged."""
+DEAD_LETTER_MAX_BYTES = 900_000
+"""A dead-letter copy larger than this is cut: Kafka's default record limit is 1 MB, and a copy
+the broker refuses would hold the partition back for ever."""
+
+
+class OutcomeCodec:
+    """Turns outcomes, dead letters and retries into the records Herald writes."""
 
     def __init__(
         self,
-        producer: AsyncProducer,
         *,
         results_topic: str,
         dead_letter_topic: str,
@@ -100,7 +104,6 @@ class OutcomePublisher:
         registry_schema_id: int | None = None,
         recipient_mode: Literal["masked", "hashed"] = "masked",
     ) -> None:
-        self._producer = producer
         self.results_topic = results_topic
         self.dead_letter_topic = dead_letter_topic
         self._schema = schema
@@ -133,12 +136,12 @@ class OutcomePublisher:
             return header + write_body(self._schema, record)
         return encode_single_object(self._schema, record)
 
-    async def publish(self, outcome: Outcome) -> None:
+    def outcome(self, outcome: Outcome) -> Outbound:
         key = (outcome.event_id or outcome.outcome_id).encode()
-        await self._producer.produce(self.results_topic, self.encode(outcome), key=key)
+        return Outbound(topic=self.results_topic, key=key, value=self.encode(outcome))
 
-    async def dead_letter(self, raw: RawRecord, *, reason: str, detail: str, stage: str) -> None:
-        """Copy the record, bytes untouched, with why and whence in headers."""
+    def dead_letter(self, raw: RawRecord, *, reason: str, detail: str, stage: str) -> Outbound:
+        """The record's bytes untouched (unless too large), with why and whence in headers."""
         meta = {
             "reason": reason,
             "detail": detail[:1000],
@@ -150,10 +153,22 @@ class OutcomePublisher:
         }
         if raw.timestamp_ms is not None:
             meta["source.timestamp_ms"] = str(raw.timestamp_ms)
-        headers = [*raw.headers, *((HEADER_PREFIX + k, v.encode()) for k, v in meta.items())]
-        await self._producer.produce(
-            self.dead_letter_topic, raw.value, key=raw.key, headers=headers
+        value = raw.value
+        if value is not None and len(value) > DEAD_LETTER_MAX_BYTES:
+            meta["truncated_from_bytes"] = str(len(value))
+            value = value[:DEAD_LETTER_MAX_BYTES]
+        own = tuple((HEADER_PREFIX + k, v.encode()) for k, v in meta.items())
+        return Outbound(
+            topic=self.dead_letter_topic,
+            key=raw.key,
+            value=value,
+            headers=(*foreign_headers(raw), *own),
         )
+
+
+def foreign_headers(raw: RawRecord) -> tuple[tuple[str, bytes], ...]:
+    """The producer's own headers, without any Herald added on an earlier pass."""
+    return tuple((k, v) for k, v in raw.headers if not k.startswith(HEADER_PREFIX))
 
 
 def decode_outcome(value: bytes, store: SchemaStore) -> dict[str, Any]:

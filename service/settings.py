@@ -26,6 +26,11 @@ class KafkaSettings(_Group):
     """Prepended to every topic Herald reads or writes, e.g. `staging.` for a shared cluster."""
     results_topic: str = "notification.outcomes"
     dead_letter_topic: str = "herald.dead-letter"
+    own_topic_partitions: int = Field(default=3, ge=1)
+    """Partitions of the results, dead-letter and retry topics when Herald creates them."""
+    transactional_id: str | None = None
+    """Unique per instance and stable across its restarts; default `<group_id>-<hostname>`."""
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
     results_encoding: Literal["single-object", "confluent"] = "single-object"
     """Wire format of outcome records; `confluent` registers the schema under `<topic>-value`."""
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
@@ -69,11 +74,15 @@ class SmtpSettings(_Group):
     pool_size: int = Field(default=4, ge=1, le=256)
     """Persistent connections kept open to the server."""
     max_attempts: int = Field(default=3, ge=1, le=20)
-    """In-process tries for a transient failure before the notification ends as failed."""
+    """In-process tries for a transient failure before it moves to the retry topics."""
     retry_backoff_ms: int = Field(default=200, ge=0)
     """First backoff; doubles per attempt, with full jitter."""
     local_hostname: str | None = None
     """Name sent in EHLO; defaults to the machine's FQDN."""
+    breaker_threshold: int = Field(default=5, ge=1)
+    """Consecutive server-wide failures (refused connection, 421, AUTH) that open the breaker."""
+    breaker_cooldown_s: float = Field(default=10.0, gt=0)
+    """While open, consumption pauses; after this a single probe may try again."""
 
 
 class MailSettings(_Group):
@@ -110,7 +119,26 @@ class ProcessingSettings(_Group):
     """Records being processed at once; past it the partitions are paused."""
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     """How long SIGTERM waits for in-flight records before handing them back uncommitted."""
-    commit_interval_ms: int = Field(default=1_000, ge=10)
+    commit_interval_ms: int = Field(default=200, ge=10)
+    """How often finished records' outcomes and offsets are committed in one transaction."""
+
+
+class IdempotencySettings(_Group):
+    backend: Literal["sqlite", "redis"] = "sqlite"
+    """`sqlite`: embedded, one instance per group. `redis`: shared by every instance."""
+    path: Path = Path("var/idempotency.sqlite3")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    retention_h: int = Field(default=168, ge=1)
+    """How long a notification's key is remembered; redeliveries older than this resend."""
+
+
+class RetrySettings(_Group):
+    topic: str = "herald.retry"
+    """Base name of the retry topics, one per delay: `herald.retry.60s`, `herald.retry.600s`, …"""
+    delays_s: list[int] = Field(default_factory=lambda: [60, 600, 3600], min_length=1)
+    """Wait before each retry round; after the last, the notification fails."""
+    max_age_s: int = Field(default=86_400, ge=1)
+    """A notification older than this (since the event) fails instead of retrying again."""
 
 
 class LogSettings(_Group):
@@ -135,6 +163,8 @@ class Settings(BaseSettings):
     brand: BrandSettings = BrandSettings()
     http: HttpSettings = HttpSettings()
     processing: ProcessingSettings = ProcessingSettings()
+    idempotency: IdempotencySettings = IdempotencySettings()
+    retry: RetrySettings = RetrySettings()
     log: LogSettings = LogSettings()
 
 

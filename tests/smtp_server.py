@@ -65,9 +65,9 @@ class RecordingHandler:
 class SmtpServer:
     """Context manager running the recording server on a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None) -> None:
         self.handler = RecordingHandler()
-        self.port = free_port()
+        self.port = port or free_port()
         self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 
     @property

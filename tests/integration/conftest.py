@@ -86,7 +86,7 @@ def smtp() -> Iterator[SmtpServer]:
 
 
 @pytest.fixture
-def make_settings(kafka_bootstrap: str, smtp: SmtpServer) -> Any:
+def make_settings(kafka_bootstrap: str, smtp: SmtpServer, tmp_path: Path) -> Any:
     """Settings for one test: its own topics (by prefix) and consumer group, the test SMTP."""
     prefix = f"it-{uuid.uuid4().hex[:8]}."
 
@@ -109,6 +109,8 @@ def make_settings(kafka_bootstrap: str, smtp: SmtpServer) -> Any:
             },
             http={"host": "127.0.0.1", "port": 0},
             processing={"commit_interval_ms": 200, "shutdown_timeout_s": 10},
+            idempotency={"path": tmp_path / "idempotency.sqlite3"},
+            retry={"delays_s": [1, 2]},
             **overrides,
         )
 

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import DeliveryUnknownError, PermanentDeliveryError, TransientDeliveryError
+from service.errors import (
+    DeliveryUnknownError,
+    PermanentDeliveryError,
+    SmtpUnavailable,
+    TransientDeliveryError,
+)
 from service.mailer import Mailer, classify, enhanced_code
 from service.metrics import Metrics
 from service.mime import Email
@@ -86,20 +91,35 @@ async def test_connection_lost_after_data_is_unknown_and_not_retried(server: Smt
     assert 250 == ok.code
 
 
-async def test_server_down_is_transient() -> None:
+async def test_server_down_opens_the_breaker_without_burning_tries() -> None:
+    """Refused connections count against the server, not the message; after `threshold` of
+    them the breaker opens and sends fail fast until the cool-down lets a probe through."""
     from tests.smtp_server import free_port
 
+    port = free_port()
     s = SmtpSettings(
         host="127.0.0.1",
-        port=free_port(),
+        port=port,
         tls="none",
         timeout_s=2,
         max_attempts=2,
         retry_backoff_ms=1,
+        breaker_threshold=3,
+        breaker_cooldown_s=0.3,
     )
-    async with Mailer(s, Metrics()) as mailer:
-        with pytest.raises(TransientDeliveryError, match="connect"):
+    metrics = Metrics()
+    async with Mailer(s, metrics) as mailer:
+        with pytest.raises(SmtpUnavailable, match="breaker is open: connect"):
             await mailer.send(_email("a@example.com"))
+        assert mailer.breaker.is_open
+        assert 3.0 == metrics.smtp_attempts.labels("transient", "none")._value.get()
+        assert 1.0 == metrics.breaker_open._value.get()
+        with SmtpServer(port=port):  # the server comes back
+            await mailer.breaker.wait()
+            ok = await mailer.send(_email("a@example.com"))
+        assert 250 == ok.code
+        assert not mailer.breaker.is_open
+        assert 0.0 == metrics.breaker_open._value.get()
 
 
 async def test_starttls_is_verified_by_default(tmp_path: Path) -> None:
@@ -109,7 +129,7 @@ async def test_starttls_is_verified_by_default(tmp_path: Path) -> None:
             host="127.0.0.1", port=server.port, tls="starttls", timeout_s=5, max_attempts=1
         )
         async with Mailer(strict, Metrics()) as mailer:
-            with pytest.raises(TransientDeliveryError, match=r"(?i)certificate"):
+            with pytest.raises(SmtpUnavailable, match=r"(?i)certificate"):
                 await mailer.send(_email("a@example.com"))
         trusting = strict.model_copy(update={"ca_file": server.ca_file})
         async with Mailer(trusting, Metrics()) as mailer:
