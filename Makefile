@@ -8,8 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
 
-.PHONY: help install kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
-        test-unit test-integration lint format typecheck check-config clean
+.PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
+        test-unit test-integration chaos lint format typecheck check-config clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -21,6 +21,16 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## create .venv and install Herald with its dev tools
+
+# The tests start a throw-away redis-server (the shared idempotency store) from Debian's package.
+system-deps: ## install redis-server from Debian's packages if it is missing (needs root)
+	@command -v redis-server >/dev/null || { \
+	  echo "Installing redis-server (Debian package) for the shared-store tests"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq redis-server >/dev/null; }
+
+# With KAFKA_BOOTSTRAP_SERVERS the tests use that cluster, so no broker needs fetching.
+BROKER_FOR_TESTS := $(if $(KAFKA_BOOTSTRAP_SERVERS),,kafka-fetch)
 
 kafka-fetch: ## download the Kafka broker jars from Maven Central into ~/.cache/herald
 	$(BROKER) fetch
@@ -41,20 +51,24 @@ run: install ## local broker + SMTP capture (var/outbox) + Herald, in the foregr
 	deploy/local/run.sh
 
 demo: install ## publish the example events to the running `make run` and print their outcomes
-	$(BIN)/herald demo
+	HERALD_KAFKA__BOOTSTRAP_SERVERS=$${HERALD_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:$${KAFKA_PORT:-9092}} \
+	  $(BIN)/herald demo
 
 check-config: install ## validate settings, schemas, routing table and templates
 	$(BIN)/herald check-config
 
-test: install kafka-fetch ## the whole suite: unit + integration on a real broker and SMTP
+test: install system-deps $(BROKER_FOR_TESTS) ## the whole suite: unit, integration and quick fault injection
 	$(BIN)/herald check-config
 	$(BIN)/pytest
 
 test-unit: install ## only the tests that need no broker
 	$(BIN)/pytest -m 'not integration'
 
-test-integration: install kafka-fetch ## only the tests on the real broker
+test-integration: install system-deps $(BROKER_FOR_TESTS) ## only the tests on the real broker
 	$(BIN)/pytest -m integration
+
+chaos: install system-deps $(BROKER_FOR_TESTS) ## the full fault-injection scenarios (thousands of records each)
+	CHAOS_FULL=1 $(BIN)/pytest tests/chaos -v
 
 lint: install ## ruff
 	$(BIN)/ruff check service tests
@@ -67,5 +81,6 @@ format: install ## ruff format and autofix
 typecheck: install ## mypy --strict
 	$(BIN)/mypy
 
-clean: ## remove caches and local state (not the downloaded broker)
+clean: ## stop the local broker, remove caches and local state (not the downloaded broker)
+	-$(BROKER) stop
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -55,7 +55,8 @@ def load(settings: Settings) -> Loaded:
                 file,
                 f"events.{event_type}.schema",
                 f"no schema named {spec.schema_!r}",
-                f"use one of {store.names()} or add {settings.schemas_dir}/{spec.schema_}.avsc",
+                f"use one of {_event_schemas(store)} or add "
+                f"{settings.schemas_dir}/{spec.schema_}.avsc",
             )
         if missing := check_envelope(reader):
             raise ConfigError(
@@ -83,23 +84,30 @@ def load(settings: Settings) -> Loaded:
         bindings[topic] = TopicBinding(
             topic=topic, event_type=event_type, reader=reader, encoding=spec.encoding
         )
+    needs_registry = settings.kafka.results_encoding == "confluent" or any(
+        b.encoding == "confluent" for b in bindings.values()
+    )
+    if needs_registry and not settings.registry.url:
+        raise ConfigError(
+            "environment",
+            "HERALD_REGISTRY__URL",
+            "a topic (or the results topic) uses the "
+            "`confluent` encoding but no schema registry is configured",
+            "set HERALD_REGISTRY__URL, or use `encoding: single-object` in the routing table "
+            "and HERALD_KAFKA__RESULTS_ENCODING=single-object",
+        )
     return Loaded(store=store, table=table, renderer=renderer, bindings=bindings)
 
 
-def registry_client(settings: Settings, loaded: Loaded) -> Any | None:
-    """A Schema Registry client when any topic needs one; None otherwise."""
-    needs = settings.kafka.results_encoding == "confluent" or any(
-        b.encoding == "confluent" for b in loaded.bindings.values()
-    )
-    if not needs:
-        return None
+def _event_schemas(store: SchemaStore) -> list[str]:
+    """Schemas that carry the event envelope (not Money, Recipient or the outcome)."""
+    return [n for n in store.names() if (s := store.reader(n)) and not check_envelope(s)]
+
+
+def registry_client(settings: Settings) -> Any | None:
+    """A Schema Registry client when one is configured."""
     if not settings.registry.url:
-        raise ConfigError(
-            str(settings.routing_file),
-            "encoding",
-            "a topic uses `confluent` encoding but no schema registry is configured",
-            "set HERALD_REGISTRY__URL or use `single-object`",
-        )
+        return None  # load() made sure no topic needs one
     from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
     conf: dict[str, str] = {"url": settings.registry.url}
@@ -117,9 +125,7 @@ class Herald:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.loaded = load(settings)
-        self._registry = (
-            registry if registry is not None else registry_client(settings, self.loaded)
-        )
+        self._registry = registry if registry is not None else registry_client(settings)
         self._consumer: Consumer | None = None
         self.http_port: int | None = None
         self.started = asyncio.Event()

@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 
 from service import logs
+from service.consumer import FatalConsumerError
 from service.errors import ConfigError, HeraldError
 from service.settings import Settings, load_settings
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"herald: configuration error: {exc}\n")
         return 2
-    except HeraldError as exc:
+    except (HeraldError, FatalConsumerError) as exc:
         sys.stderr.write(f"herald: {exc}\n")
         return 1
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ what they produce is committed with their offsets in one Kafka transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -25,8 +26,9 @@ import confluent_kafka
 import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from service.errors import ProducerFenced, TransactionFailed
 from service.events import RawRecord
-from service.kafka import Outbound, ProducerFenced, TransactionalProducer, TransactionFailed
+from service.kafka import Outbound, TransactionalProducer
 from service.logs import KAFKA_LOGGER
 from service.metrics import Metrics
 from service.offsets import OffsetTracker
@@ -126,7 +128,8 @@ class Consumer:
         last_commit = time.monotonic()
         try:
             while not stop.is_set() and self._fatal is None:
-                messages = await self._call(self._consumer.consume, _BATCH, _POLL_S)
+                room = max(1, min(_BATCH, self._proc.max_in_flight - self._backlog()))
+                messages = await self._call(self._consumer.consume, room, _POLL_S)
                 deferred_now: set[TP] = set()
                 for m in messages:
                     self._accept(m, deferred_now)
@@ -312,6 +315,8 @@ class Consumer:
         for tp in tps:
             self._done.pop(tp, None)
             self._deferred.pop(tp, None)
+            with contextlib.suppress(KeyError):  # never reported, or already gone
+                self._metrics.consumer_lag.remove(tp[0], str(tp[1]))
         self._assigned.difference_update(tps)
 
     async def _shutdown(self) -> None:

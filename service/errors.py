@@ -1,17 +1,23 @@
 """Herald's exception tree; each class says whether trying again can help.
 
-HeraldError                      retryable: class attribute, never guessed by callers
-├── ConfigError                  start-up stops; message names file, key and fix
-├── RecordError                  one record is bad; it goes to the dead-letter topic
-│   ├── DecodeError              bytes are not a known Avro event
-│   ├── RoutingError             no route, or a route's condition/recipient cannot be evaluated
-│   ├── RenderError              a template failed (missing variable, syntax, sandbox)
-│   └── HeaderInjectionError     CR/LF or another control character bound for a header
-├── DeliveryError                SMTP said no or could not be reached; carries the reply
-│   ├── TransientDeliveryError   4xx, timeout, connection lost: retry later
-│   ├── PermanentDeliveryError   5xx, invalid address: never retry
-│   └── DeliveryUnknownError     connection lost after DATA was sent (RFC 1047): never retry
-└── PublishError                 the outcome or dead-letter record was not acknowledged
+HeraldError                        retryable: class attribute, never guessed by callers
+├── ConfigError                    start-up stops; message names file, key and fix
+├── RecordError                    one record is bad; it goes to the dead-letter topic
+│   ├── DecodeError                bytes are not a known Avro event
+│   ├── RoutingError               no route, or a condition/recipient cannot be evaluated
+│   ├── RenderError                a template failed (missing variable, syntax, sandbox)
+│   └── HeaderInjectionError       CR/LF or another control character bound for a header
+├── DependencyUnavailable          retryable: a service Herald needs is out of reach; wait
+│   ├── SchemaRegistryUnavailable
+│   └── StoreUnavailable           the idempotency store; sending without it could duplicate
+├── DeliveryError                  SMTP said no or could not be reached; carries the reply
+│   ├── TransientDeliveryError     4xx, timeout, connection lost: retry later
+│   │   └── SmtpUnavailable        breaker open: wait for the server, do not count a try
+│   ├── PermanentDeliveryError     5xx: never retry
+│   │   └── InvalidRecipientError  not an address any server could take
+│   └── DeliveryUnknownError       connection lost after DATA was sent (RFC 1047): never retry
+├── TransactionFailed              retryable: outcomes and offsets aborted together
+└── ProducerFenced                 fatal: another instance owns our transactional id
 """
 
 from __future__ import annotations
@@ -102,8 +108,35 @@ class DeliveryUnknownError(DeliveryError):
     reason = "reply_lost"
 
 
-class PublishError(HeraldError):
-    """Kafka did not acknowledge an outcome; the offset must not advance."""
+class InvalidRecipientError(PermanentDeliveryError):
+    """The address cannot be written to a header or an RCPT TO; no server can accept it."""
+
+    reason = "invalid_address"
+
+
+class DependencyUnavailable(HeraldError):
+    """Not the record's fault: wait for the dependency and try the same record again."""
 
     retryable = True
-    reason = "publish_error"
+    reason = "dependency_unavailable"
+
+
+class SchemaRegistryUnavailable(DependencyUnavailable):
+    reason = "registry_unavailable"
+
+
+class StoreUnavailable(DependencyUnavailable):
+    reason = "idempotency_store_unavailable"
+
+
+class TransactionFailed(HeraldError):
+    """The transaction was aborted; nothing in it is visible and the offsets did not move."""
+
+    retryable = True
+    reason = "transaction_aborted"
+
+
+class ProducerFenced(HeraldError):
+    """Another instance took over this transactional id, or the producer hit a fatal error."""
+
+    reason = "producer_fenced"

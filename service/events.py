@@ -20,7 +20,7 @@ from typing import Any, Literal
 import fastavro
 
 from service.avro import SINGLE_OBJECT_MAGIC, SchemaStore, StoredSchema, read_body
-from service.errors import DecodeError, HeraldError
+from service.errors import DecodeError, SchemaRegistryUnavailable
 
 Encoding = Literal["single-object", "confluent"]
 CONFLUENT_MAGIC = 0
@@ -76,13 +76,6 @@ class TopicBinding:
     event_type: str
     reader: StoredSchema
     encoding: Encoding
-
-
-class SchemaRegistryUnavailable(HeraldError):
-    """The registry could not be asked; the record is fine, so trying again can help."""
-
-    retryable = True
-    reason = "registry_unavailable"
 
 
 class EventDecoder:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from service.errors import HeraldError
+from service.errors import StoreUnavailable
 from service.settings import IdempotencySettings
 
 log = structlog.get_logger("herald.idempotency")
@@ -49,13 +49,6 @@ class Prior:
     message_id: str | None = None
     smtp_code: int | None = None
     sent_at_ms: int | None = None
-
-
-class StoreUnavailable(HeraldError):
-    """The store cannot be reached; sending without it could duplicate mail, so wait."""
-
-    retryable = True
-    reason = "idempotency_store_unavailable"
 
 
 class IdempotencyStore(ABC):

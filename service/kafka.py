@@ -17,7 +17,7 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import KafkaException, TopicPartition
 
-from service.errors import HeraldError
+from service.errors import ProducerFenced, TransactionFailed
 from service.logs import KAFKA_LOGGER
 
 
@@ -29,19 +29,6 @@ class Outbound:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
-
-
-class TransactionFailed(HeraldError):
-    """The transaction was aborted; nothing in it is visible and the offsets did not move."""
-
-    retryable = True
-    reason = "transaction_aborted"
-
-
-class ProducerFenced(HeraldError):
-    """Another instance took over this transactional id, or the producer hit a fatal error."""
-
-    reason = "producer_fenced"
 
 
 class TransactionalProducer:

@@ -13,9 +13,14 @@ import structlog
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 
 
+def mask_emails(text: str) -> str:
+    """`jane.doe@example.com` → `j***@example.com` wherever an address appears in `text`."""
+    return _EMAIL.sub(r"\1***@\2", text)
+
+
 def _mask(value: Any) -> Any:
     if isinstance(value, str):
-        return _EMAIL.sub(r"\1***@\2", value)
+        return mask_emails(value)
     if isinstance(value, list | tuple):
         return type(value)(_mask(v) for v in value)
     return value

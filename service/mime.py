@@ -10,7 +10,7 @@ from datetime import datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 
-from service.errors import HeaderInjectionError, PermanentDeliveryError
+from service.errors import HeaderInjectionError, InvalidRecipientError
 from service.rendering import Rendered
 from service.routing import Notification
 from service.settings import MailSettings
@@ -18,12 +18,6 @@ from service.settings import MailSettings
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ADDR = re.compile(r"^[^@\s\"(),:;<>\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 """Deliberately plain addr-spec: dot-atom local part and a hostname; quoted forms are refused."""
-
-
-class InvalidRecipientError(PermanentDeliveryError):
-    """The address cannot be written to a header or an RCPT TO; no server can accept it."""
-
-    reason = "invalid_address"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

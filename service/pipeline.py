@@ -7,6 +7,7 @@ writes them in the same transaction as the record's offset, so they appear exact
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import structlog
 from service.errors import (
     DeliveryError,
     DeliveryUnknownError,
+    DependencyUnavailable,
     HeraldError,
     RecordError,
     SmtpUnavailable,
@@ -23,6 +25,7 @@ from service.errors import (
 from service.events import Event, EventDecoder, RawRecord
 from service.idempotency import IdempotencyStore, State, wait_for_store
 from service.kafka import Outbound
+from service.logs import mask_emails
 from service.mailer import Mailer
 from service.metrics import Metrics
 from service.mime import compose
@@ -107,12 +110,19 @@ class Pipeline:
 
     async def _decide(self, state: _RecordState) -> None:
         raw = state.raw
-        try:
-            event = await self._decoder.decode(raw)
-        except HeraldError as exc:  # DecodeError, or the registry out of reach
-            self._metrics.decode_failures.labels(raw.topic).inc()
-            self._dead_letter(state, exc.reason, str(exc), stage="decode", event=None)
-            return
+        delay = 0.2
+        while True:
+            try:
+                event = await self._decoder.decode(raw)
+                break
+            except DependencyUnavailable as exc:  # the registry, not the record: wait
+                log.warning("decode waiting for a dependency", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except HeraldError as exc:
+                self._metrics.decode_failures.labels(raw.topic).inc()
+                self._dead_letter(state, exc.reason, str(exc), stage="decode", event=None)
+                return
         self._metrics.records_decoded.labels(raw.topic).inc()
         structlog.contextvars.bind_contextvars(event_id=event.event_id)
         try:
@@ -263,6 +273,9 @@ class Pipeline:
             "processed_at": now(),
         }
         values.update(fields)
+        for text in ("detail", "smtp_text"):  # relays often quote the address back
+            if isinstance(values.get(text), str):
+                values[text] = mask_emails(str(values[text]))
         if status not in (Status.SENT, Status.SUPPRESSED, Status.DEDUPLICATED):
             log.warning(
                 "notification not sent",
@@ -306,7 +319,7 @@ class Pipeline:
                 status=Status.DEAD_LETTERED,
                 attempt=0,
                 reason=reason,
-                detail=detail,
+                detail=mask_emails(detail),
                 occurred_at=event.occurred_at if event else None,
                 processed_at=now(),
             )

@@ -136,11 +136,14 @@ class Renderer:
         self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
 
     def missing(self, template: str) -> list[str]:
-        """Template files absent for `template`; the default locale must have all three."""
+        """Template files absent for `template`: the default locale must have all three parts,
+        and a locale that has the template at all must have all three too."""
         return [
-            f"{self._dir}/{self.default_locale}/{template}/{part}"
+            f"{self._dir}/{loc}/{template}/{part}"
+            for loc in self.locales
+            if loc == self.default_locale or (self._dir / loc / template).is_dir()
             for part in PARTS
-            if not (self._dir / self.default_locale / template / part).is_file()
+            if not (self._dir / loc / template / part).is_file()
         ]
 
     def locale_chain(self, tag: str) -> list[str]:

@@ -17,6 +17,7 @@ from service.avro import SchemaStore, StoredSchema, encode_single_object, write_
 from service.errors import ConfigError
 from service.events import RawRecord
 from service.kafka import Outbound
+from service.logs import mask_emails
 
 OUTCOME_SCHEMA = "herald.outcomes.NotificationOutcome"
 HEADER_PREFIX = "herald."
@@ -144,7 +145,7 @@ class OutcomeCodec:
         """The record's bytes untouched (unless too large), with why and whence in headers."""
         meta = {
             "reason": reason,
-            "detail": detail[:1000],
+            "detail": mask_emails(detail[:1000]),
             "stage": stage,
             "source.topic": raw.topic,
             "source.partition": str(raw.partition),

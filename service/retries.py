@@ -36,7 +36,9 @@ class RetryTicket:
 class RetryPolicy:
     def __init__(self, settings: RetrySettings, topic_prefix: str = "") -> None:
         self._s = settings
-        self.topics = [f"{topic_prefix}{settings.topic}.{d}s" for d in settings.delays_s]
+        self._rounds = [f"{topic_prefix}{settings.topic}.{d}s" for d in settings.delays_s]
+        """The topic of each round; rounds with the same delay share one."""
+        self.topics = list(dict.fromkeys(self._rounds))
 
     def is_retry_topic(self, topic: str) -> bool:
         return topic in self.topics
@@ -51,7 +53,7 @@ class RetryPolicy:
         reason: str,
     ) -> Outbound | None:
         """The retry record for the next round, or None when rounds or age are used up."""
-        if rounds_done >= len(self.topics):
+        if rounds_done >= len(self._rounds):
             return None
         now_ms = int(time.time() * 1000)
         if now_ms - occurred_at.timestamp() * 1000 > self._s.max_age_s * 1000:
@@ -71,7 +73,7 @@ class RetryPolicy:
             (HEADER_PREFIX + "source.offset", str(original.offset).encode()),
         )
         return Outbound(
-            topic=self.topics[rounds_done], key=original.key, value=original.value, headers=headers
+            topic=self._rounds[rounds_done], key=original.key, value=original.value, headers=headers
         )
 
     @staticmethod

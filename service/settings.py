@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
@@ -85,6 +86,21 @@ class SmtpSettings(_Group):
     """While open, consumption pauses; after this a single probe may try again."""
 
 
+def _addr_spec(value: str | None) -> str | None:
+    """A plain addr-spec (no display name, no CR/LF): it goes into headers and MAIL FROM."""
+    if value is None:
+        return None
+    from email.headerregistry import Address
+
+    try:
+        parsed = Address(addr_spec=value)
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"not an email address: {exc}") from exc
+    if not parsed.domain or any(c in value for c in "\r\n<> "):
+        raise ValueError("not a plain email address such as no-reply@example.com")
+    return value
+
+
 class MailSettings(_Group):
     from_address: str = "no-reply@example.com"
     from_name: str = "Herald"
@@ -95,6 +111,8 @@ class MailSettings(_Group):
     """How the recipient appears on the results topic: `j***@example.com` or a SHA-256 digest."""
     default_locale: str = "en"
     """End of every locale fallback chain; templates must exist for it."""
+
+    _check_addresses = field_validator("from_address", "reply_to")(_addr_spec)
 
 
 class BrandSettings(_Group):
@@ -168,8 +186,29 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
 
 
+def _unknown_variables() -> list[str]:
+    """HERALD_* variables that name no setting: a typo would otherwise be silently ignored."""
+    known = set()
+    for name, field in Settings.model_fields.items():
+        var = ENV_PREFIX + name.upper()
+        known.add(var)
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            known.update(f"{var}__{sub.upper()}" for sub in group.model_fields)
+    return sorted(
+        v for v in os.environ if v.upper().startswith(ENV_PREFIX) and v.upper() not in known
+    )
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, turning validation errors into a ConfigError."""
+    if unknown := _unknown_variables():
+        raise ConfigError(
+            "environment",
+            unknown[0],
+            "no such setting",
+            "correct the name (README 'Configuration' lists every setting) or unset it",
+        )
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:

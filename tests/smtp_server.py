@@ -1,8 +1,9 @@
 """A real SMTP server on 127.0.0.1 (aiosmtpd) that records messages and can misbehave on cue.
 
 Behaviour is chosen per recipient local part, so one server serves every scenario:
-`perm…@` → 550 5.1.1 at RCPT, `temp…@` → 451 4.3.0 at RCPT, `drop…@` → connection closed
-after the message body, before any reply (the RFC 1047 window).
+`perm…@` → 550 5.1.1 at RCPT, `temp…@` → 451 4.3.0 at RCPT, `flaky…@` → 451 for the first
+three RCPTs of that address then accepted, `drop…@` → connection closed after the message
+body, before any reply (the RFC 1047 window).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Received:
 class RecordingHandler:
     received: list[Received] = field(default_factory=list)
     rcpt_attempts: int = 0
+    flaky_seen: dict[str, int] = field(default_factory=dict)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -49,6 +51,10 @@ class RecordingHandler:
             return "550 5.1.1 Mailbox does not exist"
         if local.startswith("temp"):
             return "451 4.3.0 Try again later"
+        if local.startswith("flaky"):
+            self.flaky_seen[address] = self.flaky_seen.get(address, 0) + 1
+            if self.flaky_seen[address] <= 3:
+                return "451 4.3.0 Greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 

@@ -59,7 +59,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield existing
         return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # testcontainers before 4.15
+            from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
@@ -91,28 +94,29 @@ def make_settings(kafka_bootstrap: str, smtp: SmtpServer, tmp_path: Path) -> Any
     prefix = f"it-{uuid.uuid4().hex[:8]}."
 
     def build(**overrides: Any) -> Settings:
-        kafka = {
-            "bootstrap_servers": kafka_bootstrap,
-            "group_id": f"{prefix}herald",
-            "topic_prefix": prefix,
-            "statistics_interval_ms": 500,
-            **overrides.pop("kafka", {}),
-        }
-        return project_settings(
-            kafka=kafka,
-            smtp={
+        groups: dict[str, dict[str, Any]] = {
+            "kafka": {
+                "bootstrap_servers": kafka_bootstrap,
+                "group_id": f"{prefix}herald",
+                "topic_prefix": prefix,
+                "transactional_id": f"{prefix}herald-{uuid.uuid4().hex[:6]}",
+                "statistics_interval_ms": 500,
+            },
+            "smtp": {
                 "host": "127.0.0.1",
                 "port": smtp.port,
                 "tls": "none",
                 "timeout_s": 10,
                 "retry_backoff_ms": 10,
             },
-            http={"host": "127.0.0.1", "port": 0},
-            processing={"commit_interval_ms": 200, "shutdown_timeout_s": 10},
-            idempotency={"path": tmp_path / "idempotency.sqlite3"},
-            retry={"delays_s": [1, 2]},
-            **overrides,
-        )
+            "http": {"host": "127.0.0.1", "port": 0},
+            "processing": {"commit_interval_ms": 100, "shutdown_timeout_s": 10},
+            "idempotency": {"path": tmp_path / "idempotency.sqlite3"},
+            "retry": {"delays_s": [1, 2]},
+        }
+        for name, values in groups.items():
+            values.update(overrides.pop(name, {}))
+        return project_settings(**groups, **overrides)
 
     return build
 

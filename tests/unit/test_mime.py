@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.app import Loaded
-from service.errors import HeaderInjectionError
-from service.mime import InvalidRecipientError, compose
+from service.errors import HeaderInjectionError, InvalidRecipientError
+from service.mime import compose
 from service.rendering import Rendered
 from service.routing import route
 from service.settings import MailSettings

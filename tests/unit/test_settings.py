@@ -33,3 +33,21 @@ def test_bad_value_names_the_variable_and_hides_secrets(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert "HERALD_SMTP__TLS" == info.value.key
+
+
+def test_unknown_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A typo in a variable name stops start-up instead of being silently ignored."""
+    monkeypatch.setenv("HERALD_SMTP__HOSTNAME", "smtp.example.net")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_SMTP__HOSTNAME" == info.value.key
+
+
+@pytest.mark.parametrize(
+    "value", ["not an address", "a@b.example\r\nBcc: x@y", "Name <a@b.example>"]
+)
+def test_from_address_must_be_a_plain_address(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("HERALD_MAIL__FROM_ADDRESS", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_MAIL__FROM_ADDRESS" == info.value.key
