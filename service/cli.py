@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -132,6 +133,32 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
+    """Re-publish dead letters to their source topics."""
+    from service.redrive import Selection, redrive
+
+    selection = Selection(
+        reasons=frozenset(args.reason or ()),
+        since=_when(args.since),
+        until=_when(args.until),
+    )
+    report = redrive(settings, selection, dry_run=args.dry_run, from_beginning=args.from_beginning)
+    verb = "would redrive" if args.dry_run else "redriven"
+    by_reason = ", ".join(f"{r}={n}" for r, n in sorted(report.redriven.items())) or "none"
+    sys.stdout.write(
+        f"{verb}: {sum(report.redriven.values())} ({by_reason}); not selected: {report.skipped}; "
+        f"without a source topic: {report.unroutable}\n"
+    )
+    return 0
+
+
+def _when(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def cmd_outbox(_: Settings, args: argparse.Namespace) -> int:
     from service.outbox import serve
 
@@ -167,6 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long to wait for the outcomes (0: do not wait)",
     )
     d.set_defaults(fn=cmd_demo)
+    r = sub.add_parser("redrive", help="re-publish dead-lettered records to their source topic")
+    r.add_argument(
+        "--reason", action="append", help="only this reason (repeatable), e.g. render_error"
+    )
+    r.add_argument("--since", help="only dead letters from this time on (ISO 8601)")
+    r.add_argument("--until", help="only dead letters before this time (ISO 8601)")
+    r.add_argument("--dry-run", action="store_true", help="count, publish nothing")
+    r.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="consider every dead letter, not only those after the last redrive",
+    )
+    r.set_defaults(fn=cmd_redrive)
     o = sub.add_parser("outbox", help="local SMTP server that saves each message as .eml")
     o.add_argument("--directory", type=Path, default=Path("var/outbox"))
     o.add_argument("--host", default="127.0.0.1")
