@@ -80,6 +80,9 @@ class Consumer:
         self._deferred: dict[TP, float] = {}
         """Retry partitions paused until their head record is due (monotonic time)."""
         self._assigned: set[TP] = set()
+        self._epochs: dict[TP, int] = {}
+        """Bumped whenever a partition is handed back: a record processed under an older
+        epoch must not touch the bookkeeping of a later assignment of the same partition."""
         self._joined = False
         self._running = False
         self._fatal: BaseException | None = None
@@ -173,12 +176,13 @@ class Consumer:
         self._tracker.track(tp, raw.offset)
         self._metrics.in_flight.inc()
         prev = self._tails.get((*tp, raw.key)) if raw.key is not None else None
-        task = asyncio.create_task(self._process(raw, prev))
+        epoch = self._epochs.get(tp, 0)
+        task = asyncio.create_task(self._process(raw, prev, epoch))
         self._tasks.add(task)
         self._tp_tasks.setdefault(tp, set()).add(task)
         if raw.key is not None:
             self._tails[(*tp, raw.key)] = task
-        task.add_done_callback(lambda t: self._finished(t, raw))
+        task.add_done_callback(lambda t: self._finished(t, raw, epoch))
 
     def _defer(self, tp: TP, offset: int, wait_s: float) -> None:
         """Rewind a retry partition to a record not yet due and pause it until it is."""
@@ -187,15 +191,18 @@ class Consumer:
         self._consumer.seek(part)
         self._deferred[tp] = time.monotonic() + wait_s
 
-    async def _process(self, raw: RawRecord, prev: asyncio.Task[None] | None) -> None:
+    async def _process(self, raw: RawRecord, prev: asyncio.Task[None] | None, epoch: int) -> None:
         if prev is not None:
             await asyncio.wait([prev])  # same key: keep the producer's order
         handled = await self._handler(raw)
-        self._done.setdefault((raw.topic, raw.partition), {})[raw.offset] = handled.records
+        tp = (raw.topic, raw.partition)
+        if self._epochs.get(tp, 0) != epoch:
+            return  # handed back meanwhile: the new owner processes it again
+        self._done.setdefault(tp, {})[raw.offset] = handled.records
         self.counts["records"] += 1
         self.counts.update(s.lower() for s in handled.statuses)
 
-    def _finished(self, task: asyncio.Task[None], raw: RawRecord) -> None:
+    def _finished(self, task: asyncio.Task[None], raw: RawRecord, epoch: int) -> None:
         tp = (raw.topic, raw.partition)
         self._tasks.discard(task)
         self._tp_tasks.get(tp, set()).discard(task)
@@ -210,7 +217,8 @@ class Consumer:
             log.error("record handler crashed", error=repr(exc), exc_info=exc)
             self._fatal = exc
             return
-        self._tracker.done(tp, raw.offset)
+        if self._epochs.get(tp, 0) == epoch:
+            self._tracker.done(tp, raw.offset)
 
     def _backlog(self) -> int:
         return len(self._tasks) + sum(len(d) for d in self._done.values())
@@ -313,6 +321,7 @@ class Consumer:
             await self._commit(tps)
         self._tracker.forget(tps)
         for tp in tps:
+            self._epochs[tp] = self._epochs.get(tp, 0) + 1
             self._done.pop(tp, None)
             self._deferred.pop(tp, None)
             with contextlib.suppress(KeyError):  # never reported, or already gone
