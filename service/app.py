@@ -44,7 +44,9 @@ def load(settings: Settings) -> Loaded:
     """Read schemas, routing table and templates; raise ConfigError on the first problem."""
     store = SchemaStore.load(settings.schemas_dir)
     table = load_table(settings.routing_file)
-    renderer = Renderer(settings.templates_dir, settings.brand, settings.mail.default_locale)
+    renderer = Renderer(
+        settings.templates_dir, settings.brand, settings.mail.default_locale, settings.links
+    )
     OutcomeCodec.outcome_schema(store)
     file = str(settings.routing_file)
     bindings: dict[str, TopicBinding] = {}

@@ -67,6 +67,10 @@ def compose(n: Notification, r: Rendered, mail: MailSettings, now: datetime) -> 
     msg["Message-ID"] = mid
     # RFC 3834: tells auto-responders (vacation replies) not to answer.
     msg["Auto-Submitted"] = "auto-generated"
+    if r.unsubscribe_url is not None:
+        # RFC 8058 one-click: mailbox providers POST to the URL; only optional mail has it.
+        msg["List-Unsubscribe"] = f"<{_checked_name(r.unsubscribe_url, 'unsubscribe URL')}>"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     msg.set_content(r.text, subtype="plain", charset="utf-8")
     msg.add_alternative(r.html, subtype="html", charset="utf-8")
     # After set_content, which clears every Content-* header of the message.

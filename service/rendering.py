@@ -26,8 +26,9 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, select_a
 from jinja2.sandbox import SandboxedEnvironment
 
 from service.errors import ConfigError, HeaderInjectionError, RenderError
+from service.links import decorate, unsubscribe_url
 from service.routing import Notification
-from service.settings import BrandSettings
+from service.settings import BrandSettings, LinkSettings
 
 PARTS = ("subject.txt", "body.html", "body.txt")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -43,6 +44,8 @@ class Rendered:
     text: str
     locale: str
     """Template locale actually used, after fallback."""
+    unsubscribe_url: str | None = None
+    """Set for optional mail: goes into List-Unsubscribe (RFC 8058) and the footer."""
 
 
 @lru_cache(maxsize=256)
@@ -73,6 +76,18 @@ def _money(value: Mapping[str, Any]) -> str:
     return babel.numbers.format_currency(amount, currency, locale=_audience.get()[0])
 
 
+def _number(value: float | int) -> str:
+    """1234.5 → "1,234.5" / "1 234,5"."""
+    return babel.numbers.format_decimal(value, locale=_audience.get()[0])
+
+
+def _percent(fraction: float) -> str:
+    """A fraction, shown to one decimal at most: 0.1234 → "12.3%" / "12,3 %"."""
+    return babel.numbers.format_percent(
+        round(fraction, 3), locale=_audience.get()[0], decimal_quantization=False
+    )
+
+
 def _country(code: str) -> str:
     """ISO 3166 code → the country's name in the recipient's language."""
     return str(_audience.get()[0].territories.get(code.upper(), code))
@@ -95,7 +110,13 @@ def _dt_filter(kind: str) -> Any:
 class Renderer:
     """Compiled templates for every locale under the templates directory."""
 
-    def __init__(self, directory: Path, brand: BrandSettings, default_locale: str = "en") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        brand: BrandSettings,
+        default_locale: str = "en",
+        links: LinkSettings | None = None,
+    ) -> None:
         if not directory.is_dir():
             raise ConfigError(
                 str(directory),
@@ -117,6 +138,17 @@ class Renderer:
             )
         self.default_locale = default_locale
         self._brand = brand.model_dump()
+        self._links = links or LinkSettings()
+        secret = self._links.unsubscribe_secret
+        self._secret = secret.get_secret_value().encode() if secret else None
+        if "{token}" in self._links.unsubscribe_url and self._secret is None:
+            raise ConfigError(
+                "environment",
+                "HERALD_LINKS__UNSUBSCRIBE_SECRET",
+                "the unsubscribe URL template uses {token} but no secret signs it",
+                "set HERALD_LINKS__UNSUBSCRIBE_SECRET, or drop {token} from "
+                "HERALD_LINKS__UNSUBSCRIBE_URL",
+            )
         self._env = SandboxedEnvironment(
             loader=FileSystemLoader(directory),
             autoescape=select_autoescape(["html"], default_for_string=False),
@@ -132,6 +164,8 @@ class Renderer:
             date=_dt_filter("date"),
             time=_dt_filter("time"),
             country=_country,
+            number=_number,
+            percent=_percent,
         )
         self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
 
@@ -166,7 +200,15 @@ class Renderer:
                 break
         else:
             raise RenderError(f"template {n.template!r} exists in no locale")
+        unsubscribe = (
+            unsubscribe_url(
+                self._links.unsubscribe_url, self._secret, n.recipient, n.type, n.category.value
+            )
+            if n.category.optional
+            else None
+        )
         ctx = self._context(n, loc)
+        ctx["unsubscribe_url"] = unsubscribe
         r = n.recipient
         token = _audience.set(
             (
@@ -189,8 +231,14 @@ class Renderer:
             raise HeaderInjectionError(
                 f"subject of {loc}/{n.template} holds a control character (CR/LF?) from event data"
             )
+        utm = {**self._links.utm, **n.utm}
+        if utm:
+            utm.setdefault("utm_campaign", n.type)
+        html, text = decorate(
+            self._inliner.inline(html), text.strip() + "\n", utm, {unsubscribe or ""}
+        )
         return Rendered(
-            subject=subject, html=self._inliner.inline(html), text=text.strip() + "\n", locale=loc
+            subject=subject, html=html, text=text, locale=loc, unsubscribe_url=unsubscribe
         )
 
     def _context(self, n: Notification, loc: str) -> dict[str, Any]:

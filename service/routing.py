@@ -64,6 +64,8 @@ class RouteSpec(_Strict):
     """Dotted path to a recipient record: `recipient`, or e.g. `payload.invitee`."""
     when: str | None = None
     """Jinja2 expression over `payload`, `recipient`, `event_type`; the route applies if true."""
+    utm: dict[str, str] = Field(default_factory=dict)
+    """UTM parameters for this notification's links, over `links.utm`."""
 
     @field_validator("recipient")
     @classmethod
@@ -120,6 +122,8 @@ class Notification:
     """Stable across redeliveries: event id + notification type + recipient."""
     condition_met: bool
     """False when the route's `when` rejected the event: the notification ends suppressed."""
+    utm: Mapping[str, str]
+    """The route's UTM parameters (the renderer adds the global ones)."""
     event: Event
 
 
@@ -238,6 +242,7 @@ def route(event: Event, table: RoutingTable) -> list[Notification]:
                 recipient=recipient,
                 idempotency_key=idempotency_key(event.event_id, spec.type, recipient.email),
                 condition_met=met,
+                utm=spec.utm,
                 event=event,
             )
         )

@@ -126,6 +126,17 @@ class BrandSettings(_Group):
     website_url: str = "https://example.com"
 
 
+class LinkSettings(_Group):
+    unsubscribe_url: str = "https://example.com/unsubscribe?user={user_id}&list={notification}"
+    """One-click unsubscribe URL of optional mail (RFC 8058): {user_id}, {notification},
+    {category} and {token} (HMAC-SHA256 with `unsubscribe_secret`) are filled in, URL-quoted."""
+    unsubscribe_secret: SecretStr | None = None
+    """Key for {token}; required when the URL template uses it."""
+    utm: dict[str, str] = Field(default_factory=dict)
+    """UTM parameters added to every link, e.g. {"utm_source": "herald", "utm_medium": "email"};
+    a route's `utm` adds to or overrides them, and `utm_campaign` defaults to its type."""
+
+
 class HttpSettings(_Group):
     host: str = "127.0.0.1"
     """Interface for /metrics, /healthz and /readyz; `0.0.0.0` in a container."""
@@ -179,6 +190,7 @@ class Settings(BaseSettings):
     smtp: SmtpSettings = SmtpSettings()
     mail: MailSettings = MailSettings()
     brand: BrandSettings = BrandSettings()
+    links: LinkSettings = LinkSettings()
     http: HttpSettings = HttpSettings()
     processing: ProcessingSettings = ProcessingSettings()
     idempotency: IdempotencySettings = IdempotencySettings()

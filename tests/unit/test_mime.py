@@ -86,6 +86,7 @@ def test_no_display_name_can_add_a_header(name: str) -> None:
         recipient=event.recipient,
         idempotency_key="k" * 32,
         condition_met=True,
+        utm={},
         event=event,
     )
     try:
@@ -107,3 +108,19 @@ def test_no_display_name_can_add_a_header(name: str) -> None:
     }
     assert expected == set(msg.keys())
     assert "ada@example.com" == msg["To"].addresses[0].addr_spec
+
+
+def test_optional_mail_carries_one_click_unsubscribe(loaded: Loaded) -> None:
+    """RFC 8058: List-Unsubscribe with an https URL and List-Unsubscribe-Post; only when set."""
+    parts = Rendered(
+        subject="s",
+        html="<p>h</p>",
+        text="t\n",
+        locale="en",
+        unsubscribe_url="https://shop.example/unsubscribe?user=u1&list=x",
+    )
+    msg = _parse(compose(_n(loaded), parts, MAIL, NOW).data)
+    assert "<https://shop.example/unsubscribe?user=u1&list=x>" == msg["List-Unsubscribe"]
+    assert "List-Unsubscribe=One-Click" == msg["List-Unsubscribe-Post"]
+    plain = _parse(compose(_n(loaded), PARTS, MAIL, NOW).data)
+    assert plain["List-Unsubscribe"] is None
