@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
 
 .PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
-        test-unit test-integration chaos lint format typecheck check-config clean
+        test-unit test-integration chaos check lint format typecheck check-config clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -57,8 +57,11 @@ demo: install ## publish the example events to the running `make run` and print 
 check-config: install ## validate settings, schemas, routing table and templates
 	$(BIN)/herald check-config
 
+check: install ## check-config, plus every template against its event schema (no Kafka)
+	$(BIN)/herald check
+
 test: install system-deps $(BROKER_FOR_TESTS) ## the whole suite: unit, integration and quick fault injection
-	$(BIN)/herald check-config
+	$(BIN)/herald check
 	$(BIN)/pytest
 
 test-unit: install ## only the tests that need no broker

@@ -53,6 +53,26 @@ def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(settings: Settings, _: argparse.Namespace) -> int:
+    """Configuration, then every route's templates in every locale against its event schema."""
+    from service.app import load
+    from service.checks import check
+
+    loaded = load(settings)
+    problems = check(loaded)
+    for problem in problems:
+        sys.stderr.write(f"herald check: {problem}\n")
+    if problems:
+        sys.stderr.write(f"herald check: {len(problems)} problem(s)\n")
+        return 1
+    routes = sum(len(r) for r in loaded.table.routes.values())
+    sys.stdout.write(
+        f"check OK: {routes} routes x {len(loaded.renderer.locales)} locales; every template "
+        "reads only fields its event schema has\n"
+    )
+    return 0
+
+
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from service.admin import ensure_topics
     from service.app import load
@@ -182,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate settings, schemas, routing table and "
         "templates without connecting to anything",
     ).set_defaults(fn=cmd_check_config)
+    sub.add_parser(
+        "check",
+        help="check-config, plus every template in every locale against its event schema",
+    ).set_defaults(fn=cmd_check)
     t = sub.add_parser("topics", help="create the input, results and dead-letter topics")
     t.add_argument("--partitions", type=int, default=3)
     t.set_defaults(fn=cmd_topics)

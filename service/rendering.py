@@ -125,6 +125,7 @@ class Renderer:
                 "point HERALD_TEMPLATES_DIR at the templates folder",
             )
         self._dir = directory
+        self.directory = directory
         self.locales = sorted(
             p.name for p in directory.iterdir() if p.is_dir() and not p.name.startswith("_")
         )
@@ -149,8 +150,9 @@ class Renderer:
                 "set HERALD_LINKS__UNSUBSCRIBE_SECRET, or drop {token} from "
                 "HERALD_LINKS__UNSUBSCRIBE_URL",
             )
+        self.loader = FileSystemLoader(directory)
         self._env = SandboxedEnvironment(
-            loader=FileSystemLoader(directory),
+            loader=self.loader,
             autoescape=select_autoescape(["html"], default_for_string=False),
             undefined=StrictUndefined,
             trim_blocks=True,
