@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
 
 .PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
-        test-unit test-integration chaos check lint format typecheck check-config clean
+        test-unit test-integration chaos check preview lint format typecheck check-config clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -22,12 +22,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install Herald with its dev tools
 
-# The tests start a throw-away redis-server (the shared idempotency store) from Debian's package.
-system-deps: ## install redis-server from Debian's packages if it is missing (needs root)
-	@command -v redis-server >/dev/null || { \
-	  echo "Installing redis-server (Debian package) for the shared-store tests"; \
-	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
-	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq redis-server >/dev/null; }
+# From Debian's packages: redis-server (the tests start a throw-away one for the shared
+# idempotency store) and chromium (the preview gallery is rendered in it headless).
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+system-deps: ## install redis-server and chromium from Debian's packages if missing (needs root)
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing from Debian's packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
 # With KAFKA_BOOTSTRAP_SERVERS the tests use that cluster, so no broker needs fetching.
 BROKER_FOR_TESTS := $(if $(KAFKA_BOOTSTRAP_SERVERS),,kafka-fetch)
@@ -59,6 +63,9 @@ check-config: install ## validate settings, schemas, routing table and templates
 
 check: install ## check-config, plus every template against its event schema (no Kafka)
 	$(BIN)/herald check
+
+preview: install ## render every notification x locale into var/preview/index.html
+	$(BIN)/herald preview
 
 test: install system-deps $(BROKER_FOR_TESTS) ## the whole suite: unit, integration and quick fault injection
 	$(BIN)/herald check

@@ -73,6 +73,16 @@ def cmd_check(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
+    from service.app import load
+    from service.preview import render_all, write_gallery
+
+    pages = render_all(load(settings), args.examples)
+    index = write_gallery(pages, args.out)
+    sys.stdout.write(f"{len(pages)} renderings; open {index.resolve().as_uri()}\n")
+    return 0
+
+
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from service.admin import ensure_topics
     from service.app import load
@@ -206,6 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="check-config, plus every template in every locale against its event schema",
     ).set_defaults(fn=cmd_check)
+    pv = sub.add_parser(
+        "preview",
+        help="render every notification x locale into a static gallery (var/preview/index.html)",
+    )
+    pv.add_argument("--examples", type=Path, default=Path("schemas/examples"))
+    pv.add_argument("--out", type=Path, default=Path("var/preview"))
+    pv.set_defaults(fn=cmd_preview)
     t = sub.add_parser("topics", help="create the input, results and dead-letter topics")
     t.add_argument("--partitions", type=int, default=3)
     t.set_defaults(fn=cmd_topics)

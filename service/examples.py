@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from service.avro import SchemaStore, StoredSchema, encode_single_object
+from service.events import Event, RawRecord, Recipient
 from service.routing import RoutingTable
 
 
@@ -45,6 +46,27 @@ def _coerce(schema: Any, value: Any) -> Any:
 
 def load_example(path: Path, schema: StoredSchema) -> dict[str, Any]:
     return dict(_coerce(schema.parsed, json.loads(path.read_text(encoding="utf-8"))))
+
+
+def example_event(path: Path, schema: StoredSchema, event_type: str, **recipient: Any) -> Event:
+    """The example as a decoded event would be, with recipient fields overridden."""
+    record = load_example(path, schema)
+    r = {**record["recipient"], **recipient}
+    return Event(
+        event_id=record["event_id"],
+        event_type=event_type,
+        occurred_at=record["occurred_at"],
+        recipient=Recipient(
+            user_id=r["user_id"],
+            email=r["email"],
+            display_name=r.get("display_name"),
+            locale=r.get("locale") or "en",
+            time_zone=r.get("time_zone") or "UTC",
+        ),
+        payload=record["payload"],
+        schema=schema.name,
+        source=RawRecord(topic=event_type, partition=0, offset=0, key=None, value=None),
+    )
 
 
 def example_records(
