@@ -7,7 +7,7 @@ import email.policy
 from datetime import UTC, datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.app import Loaded
@@ -124,3 +124,48 @@ def test_optional_mail_carries_one_click_unsubscribe(loaded: Loaded) -> None:
     assert "List-Unsubscribe=One-Click" == msg["List-Unsubscribe-Post"]
     plain = _parse(compose(_n(loaded), PARTS, MAIL, NOW).data)
     assert plain["List-Unsubscribe"] is None
+
+
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"),
+    max_size=400,
+)
+_line = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=120)
+
+
+@settings(max_examples=200, deadline=None)
+@given(subject=_line, name=st.one_of(st.none(), _line), text=_text, html=_text)
+def test_message_parses_back_to_what_was_rendered(
+    subject: str, name: str | None, text: str, html: str
+) -> None:
+    """Property (RFC 5322/2045/2047): whatever the subject, name and bodies, the standard
+    library's parser reads back exactly those headers and parts, and no line exceeds 998."""
+    from tests.conftest import make_event
+    from service.routing import Category, Notification, Priority
+
+    event = make_event("order.confirmed", {}, name=name)
+    n = Notification(
+        type="t",
+        template="t",
+        category=Category.TRANSACTIONAL,
+        priority=Priority.HIGH,
+        recipient=event.recipient,
+        idempotency_key="0123456789abcdef" * 2,
+        condition_met=True,
+        utm={},
+        event=event,
+    )
+    m = compose(n, Rendered(subject=subject, html=html, text=text, locale="fr"), MAIL, NOW)
+    msg = _parse(m.data)
+    assert subject.strip() == " ".join(msg["Subject"].split()) or subject == msg["Subject"]
+    if name:
+        assert name == msg["To"].addresses[0].display_name
+    assert "ada@example.com" == msg["To"].addresses[0].addr_spec
+    assert (
+        text.replace("\n", "\r\n")
+        == msg.get_body(("plain",)).get_content().replace("\r\n", "\n").replace("\n", "\r\n")
+        or text == msg.get_body(("plain",)).get_content()
+    )
+    assert html == msg.get_body(("html",)).get_content()
+    assert all(len(line) <= 998 for line in m.data.split(b"\r\n"))
+    assert not any(line.startswith(b".") for line in m.data.split(b"\r\n"))
