@@ -60,7 +60,8 @@ def _header_text(name: str, value: str) -> str:
 
 def _address(display_name: str, addr: str) -> str:
     """`Name <addr>`, with the name quoted or RFC 2047-encoded as it needs."""
-    return email.utils.formataddr((display_name, addr), charset="utf-8") if display_name else addr
+    name = display_name.strip()
+    return email.utils.formataddr((name, addr), charset="utf-8") if name else addr
 
 
 def _base64(text: str) -> bytes:

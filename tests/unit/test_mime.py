@@ -158,8 +158,7 @@ def test_message_parses_back_to_what_was_rendered(
     m = compose(n, Rendered(subject=subject, html=html, text=text, locale="fr"), MAIL, NOW)
     msg = _parse(m.data)
     assert subject.strip() == " ".join(msg["Subject"].split()) or subject == msg["Subject"]
-    if name:
-        assert name == msg["To"].addresses[0].display_name
+    assert (name or "").strip() == msg["To"].addresses[0].display_name
     assert "ada@example.com" == msg["To"].addresses[0].addr_spec
     assert (
         text.replace("\n", "\r\n")
