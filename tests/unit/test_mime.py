@@ -140,8 +140,8 @@ def test_message_parses_back_to_what_was_rendered(
 ) -> None:
     """Property (RFC 5322/2045/2047): whatever the subject, name and bodies, the standard
     library's parser reads back exactly those headers and parts, and no line exceeds 998."""
-    from tests.conftest import make_event
     from service.routing import Category, Notification, Priority
+    from tests.conftest import make_event
 
     event = make_event("order.confirmed", {}, name=name)
     n = Notification(
