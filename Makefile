@@ -71,7 +71,7 @@ test: install system-deps $(BROKER_FOR_TESTS) ## the whole suite: unit, integrat
 	$(BIN)/herald check
 	$(BIN)/pytest
 
-test-unit: install ## only the tests that need no broker
+test-unit: install system-deps ## only the tests that need no broker
 	$(BIN)/pytest -m 'not integration'
 
 test-integration: install system-deps $(BROKER_FOR_TESTS) ## only the tests on the real broker

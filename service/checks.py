@@ -206,6 +206,10 @@ class _Checker:
             self._pop()
         elif isinstance(node, nodes.Assign):
             self._bind(node.target, self.type_of(node.node))
+        elif isinstance(node, nodes.AssignBlock):  # {% set x %}…{% endset %}: a string
+            for child in node.body:
+                self.visit(child)
+            self._bind(node.target, _UNKNOWN)
         elif isinstance(node, nodes.Macro | nodes.CallBlock):
             if isinstance(node, nodes.CallBlock):
                 self.visit(node.call)

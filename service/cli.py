@@ -96,7 +96,9 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         k.topic_prefix + k.dead_letter_topic,
         *RetryPolicy(settings.retry, k.topic_prefix).topics,
     ]
-    created = ensure_topics(k.librdkafka(), topics, partitions=args.partitions)
+    created = ensure_topics(
+        k.librdkafka(), topics, partitions=args.partitions or k.own_topic_partitions
+    )
     sys.stdout.write(f"topics created: {created or 'none (all exist)'}\n")
     return 0
 
@@ -223,8 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--examples", type=Path, default=Path("schemas/examples"))
     pv.add_argument("--out", type=Path, default=Path("var/preview"))
     pv.set_defaults(fn=cmd_preview)
-    t = sub.add_parser("topics", help="create the input, results and dead-letter topics")
-    t.add_argument("--partitions", type=int, default=3)
+    t = sub.add_parser(
+        "topics", help="create the input, results, dead-letter and retry topics that are missing"
+    )
+    t.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="partitions of the topics created (default: kafka.own_topic_partitions)",
+    )
     t.set_defaults(fn=cmd_topics)
     d = sub.add_parser("demo", help="publish the example events and print their outcomes")
     d.add_argument("--examples", type=Path, default=Path("schemas/examples"))

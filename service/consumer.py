@@ -314,6 +314,11 @@ class Consumer:
             if tasks:
                 _, pending = await asyncio.wait(tasks, timeout=self._proc.shutdown_timeout_s)
                 if pending:
+                    # Stop them before the partitions go: the new owner must not race them to
+                    # SMTP. One cut inside DATA stays "in DATA" and is reported UNKNOWN there.
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending, timeout=5)
                     log.warning(
                         "revoked partitions not drained in time; their records will be redelivered",
                         in_flight=len(pending),

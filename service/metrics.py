@@ -64,7 +64,9 @@ class Metrics:
         )
         self.in_flight = Gauge("herald_in_flight", "Records being processed.", registry=r)
         self.paused = Gauge(
-            "herald_consumer_paused", "1 while consumption is paused for backpressure.", registry=r
+            "herald_consumer_paused",
+            "1 while consumption is paused: too much work in flight, or the SMTP breaker open.",
+            registry=r,
         )
         self.consumer_lag = Gauge(
             "herald_consumer_lag",

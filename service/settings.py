@@ -147,7 +147,8 @@ class ProcessingSettings(_Group):
     max_in_flight: int = Field(default=256, ge=1)
     """Records being processed at once; past it the partitions are paused."""
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
-    """How long SIGTERM waits for in-flight records before handing them back uncommitted."""
+    """How long SIGTERM, or a partition revocation, waits for in-flight records before
+    cancelling them and handing them back uncommitted."""
     commit_interval_ms: int = Field(default=200, ge=10)
     """How often finished records' outcomes and offsets are committed in one transaction."""
 
@@ -198,6 +199,10 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
 
 
+_TOOLING_VARIABLES = {"HERALD_CACHE_DIR"}
+"""HERALD_* variables read by the project's scripts, not by the service (deploy/kafka/broker.sh)."""
+
+
 def _unknown_variables() -> list[str]:
     """HERALD_* variables that name no setting: a typo would otherwise be silently ignored."""
     known = set()
@@ -207,6 +212,7 @@ def _unknown_variables() -> list[str]:
         group = field.annotation
         if isinstance(group, type) and issubclass(group, BaseModel):
             known.update(f"{var}__{sub.upper()}" for sub in group.model_fields)
+    known.update(_TOOLING_VARIABLES)
     return sorted(
         v for v in os.environ if v.upper().startswith(ENV_PREFIX) and v.upper() not in known
     )
