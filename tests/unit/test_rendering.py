@@ -3,32 +3,51 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from service.app import Loaded
+from service.app import Loaded, load
 from service.errors import HeaderInjectionError, RenderError
 from service.rendering import Renderer
 from service.routing import route
 from service.settings import BrandSettings
-from tests.conftest import ROOT, event_from_example
+from tests.conftest import ROOT, event_from_example, project_settings
 
 
 def _render(loaded: Loaded, event_type: str, renderer: Renderer | None = None, **recipient: object):
     event = event_from_example(loaded, event_type, **recipient)
-    (n,) = route(event, loaded.table)
+    n = next(n for n in route(event, loaded.table) if n.condition_met)
     return (renderer or loaded.renderer).render(n)
 
 
-@pytest.mark.parametrize("event_type", ["order.confirmed", "user.signed_up", "login.suspicious"])
+ROUTES = [
+    (event_type, r.spec.template)
+    for event_type, routes in load(project_settings()).table.routes.items()
+    for r in routes
+]
+
+
+@pytest.mark.parametrize(("event_type", "template"), ROUTES)
 @pytest.mark.parametrize("locale", ["en", "fr"])
 def test_every_notification_renders_in_both_locales(
-    loaded: Loaded, event_type: str, locale: str
+    loaded: Loaded, event_type: str, template: str, locale: str
 ) -> None:
-    """Each shipped template renders subject, inlined HTML and a real text part."""
-    r = _render(loaded, event_type, locale=locale)
+    """Each shipped template renders subject, inlined HTML and a real text part; optional mail
+    (and only optional mail) carries the unsubscribe link in both parts."""
+    event = event_from_example(loaded, event_type, locale=locale)
+    n = next(n for n in route(event, loaded.table) if n.template == template)
+    # The recipient may be another record of the event (e.g. the old address): speak its language.
+    n = replace(n, condition_met=True, recipient=replace(n.recipient, locale=locale))
+    r = loaded.renderer.render(n)
     assert locale == r.locale
+    if n.category.optional:
+        assert r.unsubscribe_url is not None
+        assert r.unsubscribe_url in r.text
+        assert r.unsubscribe_url.replace("&", "&amp;") in r.html
+    else:
+        assert r.unsubscribe_url is None
     assert r.subject
     assert "\n" not in r.subject
     assert r.html.lstrip().lower().startswith("<!doctype html>")

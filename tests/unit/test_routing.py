@@ -47,7 +47,7 @@ def _config_error(tmp_path: Path, text: str) -> ConfigError:
 def test_project_table_loads() -> None:
     """The shipped routing table is valid and routes the three first event types."""
     table = load_table(ROOT / "deploy" / "routing.yaml")
-    assert {"order.confirmed", "user.signed_up", "login.suspicious"} == set(table.events)
+    assert {"order.confirmed", "user.signed_up", "login.suspicious"} <= set(table.events)
     assert Category.SECURITY == table.routes["login.suspicious"][0].spec.category
 
 
