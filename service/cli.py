@@ -125,7 +125,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             topic, encode_single_object(schema, record), key=record["recipient"]["user_id"].encode()
         )
         sent[record["event_id"]] = event_type
-        sys.stdout.write(f"published {event_type:<20} event_id={record['event_id']} -> {topic}\n")
+        sys.stdout.write(f"published {event_type:<24} event_id={record['event_id']} -> {topic}\n")
     if producer.flush(30):
         raise HeraldError("demo events were not acknowledged by Kafka within 30 s")
     if args.wait_s <= 0:
@@ -143,7 +143,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.wait_s
     seen = 0
     try:
-        while seen < len(sent) and time.monotonic() < deadline:
+        expected = sum(len(loaded.table.routes[t]) for t in sent.values())
+        while seen < expected and time.monotonic() < deadline:
             m = consumer.poll(0.5)
             if m is None or m.error():
                 continue
@@ -151,15 +152,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             if o["event_id"] in sent:
                 seen += 1
                 sys.stdout.write(
-                    f"outcome   {o['event_type']:<20} {o['notification_type']:<26} "
-                    f"{o['status']:<13} locale={o['locale']} to={o['recipient']} "
+                    f"outcome   {o['event_type']:<24} {o['notification_type']:<30} "
+                    f"{o['status']:<11} locale={o['locale']} to={o['recipient']} "
                     f"smtp={o['smtp_code']}\n"
                 )
     finally:
         consumer.close()
-    if seen < len(sent):
+    if seen < expected:
         sys.stdout.write(
-            f"only {seen} of {len(sent)} outcomes within {args.wait_s} s: is `make run` running?\n"
+            f"only {seen} of {expected} outcomes within {args.wait_s} s: is `make run` running?\n"
         )
         return 1
     return 0
