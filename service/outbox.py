@@ -7,6 +7,7 @@ it just delivers into `var/outbox/` instead of the world.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ async def serve(directory: Path, host: str, port: int, stop: asyncio.Event) -> N
     """Run the capture server until `stop` is set."""
     from aiosmtpd.controller import Controller
 
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # a line per SMTP command otherwise
     controller = Controller(OutboxHandler(directory), hostname=host, port=port)
     controller.start()
     log.info("outbox listening", smtp=f"{host}:{port}", directory=str(directory))
