@@ -105,3 +105,14 @@ def test_herald_check_command_fails_on_a_broken_template(tmp_path: Path) -> None
         check=False,
     )
     assert 0 == ok.returncode, ok.stderr
+
+
+def test_readme_catalogue_lists_every_route() -> None:
+    """The README's catalogue table cannot drift from the routing table."""
+    readme = (ROOT / "README.md").read_text()
+    table = load(project_settings()).table
+    for event_type, routes in table.routes.items():
+        for r in routes:
+            row = f"| `{event_type}` | `{r.spec.type}` | {r.spec.category.value}"
+            assert row in readme, f"README catalogue lacks {event_type} → {r.spec.type}"
+            assert f"`{r.spec.template}`" in readme
