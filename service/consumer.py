@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -89,7 +90,9 @@ class Consumer:
         self.counts: Counter[str] = Counter()
         """Outcome statuses and record totals, for the shutdown summary."""
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herald-consumer")
-        self._txn_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="herald-txn")
+        self._commit_lock = asyncio.Lock()
+        self._group: Any = None
+        """Consumer group metadata for send_offsets_to_transaction, read on the consumer thread."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer = confluent_kafka.Consumer(
             {
@@ -129,22 +132,45 @@ class Consumer:
         self._running = True
         log.info("consuming", topics=self._topics, group=self._kafka.group_id)
         last_commit = time.monotonic()
+        committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set() and self._fatal is None:
                 room = max(1, min(_BATCH, self._proc.max_in_flight - self._backlog()))
-                messages = await self._call(self._consumer.consume, room, _POLL_S)
+                messages = await self._call(self._consume, room)
                 deferred_now: set[TP] = set()
                 for m in messages:
                     self._accept(m, deferred_now)
                 self._flow_control()
-                if time.monotonic() - last_commit >= self._proc.commit_interval_ms / 1000:
-                    await self._commit()
+                due = time.monotonic() - last_commit >= self._proc.commit_interval_ms / 1000
+                if due and (committing is None or committing.done()):
+                    # In the background: a transaction waiting on a broker must not stop the
+                    # polling (the group session) nor a SIGTERM from being heard.
+                    committing = asyncio.create_task(self._commit())
                     last_commit = time.monotonic()
         finally:
             self._running = False
+            if committing is not None:
+                # A transaction stuck on the broker must not keep the process from stopping:
+                # what it holds is simply consumed again, and deduplicated, after a restart.
+                await asyncio.wait([committing], timeout=self._proc.shutdown_timeout_s)
             await self._shutdown()
         if self._fatal is not None:
             raise FatalConsumerError(str(self._fatal)) from self._fatal
+
+    def _consume(self, room: int) -> list[Any]:
+        """On the consumer thread: fetch, and note the group's metadata for transactions.
+
+        The metadata is read here, never from the event loop: during a rebalance callback the
+        consumer holds its lock, and a loop blocked on it could not run the callback's drain.
+        """
+        # poll() returns on the first record, consume(n, 0) then takes what is already there:
+        # consume(n, timeout) alone would wait for n records or the whole timeout (latency).
+        first = self._consumer.poll(_POLL_S)
+        messages = [first] if first is not None else []
+        if first is not None and room > 1:
+            messages += self._consumer.consume(room - 1, 0)
+        self._group = self._consumer.consumer_group_metadata()
+        return messages
 
     def _accept(self, m: Any, deferred_now: set[TP]) -> None:
         err = m.error()
@@ -251,8 +277,13 @@ class Consumer:
         """Write the finished prefix's records and its offsets in one transaction.
 
         Bookkeeping happens here on the event loop; only the blocking transaction runs on the
-        transaction thread.
+        transaction thread. One commit at a time: a second must see what the first settled,
+        or it would write the same outcomes again.
         """
+        async with self._commit_lock:
+            await self._commit_locked(tps)
+
+    async def _commit_locked(self, tps: list[TP] | None) -> None:
         positions = self._tracker.committable(tps)
         if not positions:
             return
@@ -262,11 +293,10 @@ class Consumer:
             for offset in sorted(o for o in done if o < pos):
                 records.extend(done[offset])
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
-        group = self._consumer.consumer_group_metadata()
+        group = self._group
+        log.debug("committing", records=len(records), offsets=len(offsets))
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._txn_thread, self._producer.commit, records, offsets, group
-            )
+            await _on_daemon_thread(self._producer.commit, records, offsets, group)
         except TransactionFailed as exc:
             self._metrics.transactions.labels("aborted").inc()
             log.warning("transaction aborted; outcomes and offsets held back", error=str(exc))
@@ -286,13 +316,16 @@ class Consumer:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._joined = True
         self._assigned.update((p.topic, p.partition) for p in partitions)
-        if self._paused and partitions:
-            consumer.pause(partitions)
+        if partitions:
+            # librdkafka keeps a partition's pause flag across assignments: one paused before it
+            # was lost would come back paused for ever unless set here, either way.
+            (consumer.pause if self._paused else consumer.resume)(partitions)
         log.info("partitions assigned", partitions=_names(partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         assert self._loop is not None
+        self._group = consumer.consumer_group_metadata()  # this generation, still ours
         waiting = asyncio.run_coroutine_threadsafe(self._hand_back(tps, commit=True), self._loop)
         waiting.result()
         log.info("partitions revoked", partitions=_names(partitions))
@@ -342,11 +375,10 @@ class Consumer:
             if pending:
                 await asyncio.wait(pending)
                 log.warning("shutdown deadline passed; records handed back", count=len(pending))
-        if self._fatal is None:
+        if self._fatal is None and not self._commit_lock.locked():
             await self._commit()
         await self._call(self._consumer.close)
         self._thread.shutdown(wait=True)
-        self._txn_thread.shutdown(wait=True)
 
     def _on_stats(self, stats_json: str) -> None:
         """Lag = last stable offset - committed position. librdkafka's own `consumer_lag`
@@ -367,6 +399,32 @@ class Consumer:
 
     def _on_error(self, err: KafkaError) -> None:
         log.warning("kafka client error", error=err.str(), code=err.name())
+
+
+async def _on_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call on a daemon thread: unlike an executor's, it cannot hold up the
+    process's exit when the call is stuck on an unreachable broker."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # handed over to the awaiting coroutine
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="herald-txn", daemon=True).start()
+    return await done
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:

@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import confluent_kafka
+import structlog
 from confluent_kafka import KafkaException, TopicPartition
 
 from service.errors import ProducerFenced, TransactionFailed
 from service.logs import KAFKA_LOGGER
+
+log = structlog.get_logger("herald.kafka")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,32 +35,52 @@ class Outbound:
 
 
 class TransactionalProducer:
+    """One transaction at a time; renews the underlying client when one cannot be settled.
+
+    A broker restart can leave librdkafka's transaction neither committable nor abortable
+    within any useful time. Rather than wait on it, the client is closed and a new one is
+    started with the same transactional id: `init_transactions` then aborts whatever the old
+    one left open (KIP-98), and the records go again in the next transaction.
+    """
+
     def __init__(self, conf: dict[str, Any], transactional_id: str, timeout_ms: int) -> None:
-        self._timeout_s = timeout_ms / 1000
-        self._producer = confluent_kafka.Producer(
-            {
-                **conf,
-                "transactional.id": transactional_id,
-                "transaction.timeout.ms": timeout_ms,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "logger": KAFKA_LOGGER,
-            }
-        )
+        self._conf = {
+            **conf,
+            "transactional.id": transactional_id,
+            "transaction.timeout.ms": timeout_ms,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "logger": KAFKA_LOGGER,
+        }
+        # Bounded so a stuck transaction is noticed well before the broker would expire it.
+        self._settle_s = min(timeout_ms / 1000, 20.0)
+        self._producer = confluent_kafka.Producer(self._conf)
         self._lock = threading.Lock()
 
     def init(self) -> None:
         """Register the transactional id, aborting whatever a previous incarnation left open."""
-        try:
-            self._producer.init_transactions(self._timeout_s)
-        except KafkaException as exc:
-            raise ProducerFenced(f"init_transactions failed: {exc}") from exc
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self._producer.init_transactions(10)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.fatal() or not err.retriable() or time.monotonic() > deadline:
+                    raise ProducerFenced(f"init_transactions failed: {err.str()}") from exc
+                log.warning("init_transactions failed; trying again", error=err.str())
 
     def commit(
         self, records: Sequence[Outbound], offsets: list[TopicPartition], group: Any
     ) -> None:
-        """Write `records` and move the group's `offsets`, all or nothing."""
+        """Write `records` and move the group's `offsets`, all or nothing.
+
+        librdkafka's rules: a *retriable* error means the same call must be made again, the
+        transaction is still open; one that *requires abort* means abort and start over; a
+        *fatal* one ends the client. When neither commit nor abort settles in time, the
+        client is renewed. Raises TransactionFailed when nothing was committed.
+        """
         with self._lock:
             p = self._producer
             try:
@@ -65,14 +88,28 @@ class TransactionalProducer:
                 for r in records:
                     self._produce(r)
                 if offsets:
-                    p.send_offsets_to_transaction(offsets, group, self._timeout_s)
-                p.commit_transaction(self._timeout_s)
+                    self._again(lambda: p.send_offsets_to_transaction(offsets, group, 5))
+                self._again(lambda: p.commit_transaction(5))
             except KafkaException as exc:
                 err = exc.args[0]
-                if err.fatal():
-                    raise ProducerFenced(f"fatal producer error: {err.str()}") from exc
-                self._abort()
-                raise TransactionFailed(f"transaction aborted: {err.str()}") from exc
+                if err.fatal() and "fenced" in err.str().lower():
+                    raise ProducerFenced(f"producer fenced: {err.str()}") from exc
+                if err.fatal() or not self._abort():
+                    self._renew(err.str())
+                raise TransactionFailed(f"transaction not committed: {err.str()}") from exc
+
+    def _again(self, call: Any) -> None:
+        """Repeat a retriable transactional call until it succeeds or time is up."""
+        deadline = time.monotonic() + self._settle_s
+        while True:
+            try:
+                call()
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not err.retriable() or err.txn_requires_abort() or time.monotonic() > deadline:
+                    raise
+                log.warning("transaction call failed; trying again", error=err.str())
 
     def _produce(self, r: Outbound) -> None:
         while True:
@@ -82,21 +119,35 @@ class TransactionalProducer:
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: serve delivery reports
 
-    def _abort(self) -> None:
-        deadline = time.monotonic() + self._timeout_s
+    def _abort(self) -> bool:
+        """Abort the open transaction; False if it could not be settled in time."""
+        deadline = time.monotonic() + self._settle_s
         while True:
             try:
-                self._producer.abort_transaction(max(1.0, deadline - time.monotonic()))
-                return
+                self._producer.abort_transaction(5)
+                return True
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.fatal() or time.monotonic() > deadline:
-                    raise ProducerFenced(f"abort failed: {err.str()}") from exc
+                    return False
                 if not err.retriable():
-                    return  # no transaction in progress: nothing to abort
-                time.sleep(0.2)
+                    return True  # no transaction in progress: nothing to abort
+
+    def _renew(self, why: str) -> None:
+        log.warning("transactional producer renewed", reason=why)
+        old, self._producer = self._producer, confluent_kafka.Producer(self._conf)
+        old.purge()
+        old.close()
+        self.init()
 
     def close(self) -> None:
-        with self._lock:
-            self._producer.flush(self._timeout_s)
+        """Flush and close, unless a transaction is stuck on the broker: then leave it to the
+        broker's transaction timeout rather than hang the process's exit."""
+        if not self._lock.acquire(timeout=5):
+            log.warning("transaction still in progress at close; left to the broker to abort")
+            return
+        try:
+            self._producer.flush(self._settle_s)
             self._producer.close()
+        finally:
+            self._lock.release()

@@ -31,7 +31,9 @@ class KafkaSettings(_Group):
     """Partitions of the results, dead-letter and retry topics when Herald creates them."""
     transactional_id: str | None = None
     """Unique per instance and stable across its restarts; default `<group_id>-<hostname>`."""
-    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
+    transaction_timeout_ms: int = Field(default=20_000, ge=1_000)
+    """The broker aborts a transaction left open this long (e.g. by a crash or a stuck
+    client), which also bounds how long readers of the results topic can be held up."""
     results_encoding: Literal["single-object", "confluent"] = "single-object"
     """Wire format of outcome records; `confluent` registers the schema under `<topic>-value`."""
     session_timeout_ms: int = Field(default=45_000, ge=1_000)
