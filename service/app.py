@@ -153,7 +153,10 @@ class Herald:
         )
         await asyncio.to_thread(producer.init)
         async with AsyncExitStack() as stack:
-            stack.callback(producer.close)
+            # The consumer may have replaced a stuck client meanwhile: close its current one.
+            stack.callback(
+                lambda: (self._consumer.producer if self._consumer else producer).close()
+            )
             store = await stack.enter_async_context(open_store(s.idempotency))
             mailer = await stack.enter_async_context(Mailer(s.smtp, self.metrics))
             http = await stack.enter_async_context(

@@ -67,7 +67,7 @@ class Consumer:
         self._proc = processing
         self._topics = topics
         self._handler = handler
-        self._producer = producer
+        self.producer = producer
         self._retries = retries
         self._metrics = metrics
         self._should_pause = should_pause
@@ -296,7 +296,18 @@ class Consumer:
         group = self._group
         log.debug("committing", records=len(records), offsets=len(offsets))
         try:
-            await _on_daemon_thread(self._producer.commit, records, offsets, group)
+            call = asyncio.ensure_future(
+                _on_daemon_thread(self.producer.commit, records, offsets, group)
+            )
+            finished, _ = await asyncio.wait([call], timeout=self.producer.stuck_after_s)
+            if not finished:
+                # Seen after a broker restart: send_offsets_to_transaction never returning.
+                # Leave that client to its thread; a new one fences it and takes over.
+                log.warning("transaction stuck; starting a new transactional client")
+                self._metrics.transactions.labels("aborted").inc()
+                self.producer = await _on_daemon_thread(self.producer.fresh)
+                return
+            call.result()
         except TransactionFailed as exc:
             self._metrics.transactions.labels("aborted").inc()
             log.warning("transaction aborted; outcomes and offsets held back", error=str(exc))

@@ -133,6 +133,21 @@ class TransactionalProducer:
                 if not err.retriable():
                     return True  # no transaction in progress: nothing to abort
 
+    def fresh(self) -> TransactionalProducer:
+        """A new client with the same transactional id, initialised; leaves this one alone,
+        which may be stuck inside a call (init_transactions fences it)."""
+        other = TransactionalProducer.__new__(TransactionalProducer)
+        other._conf, other._settle_s = self._conf, self._settle_s
+        other._producer = confluent_kafka.Producer(self._conf)
+        other._lock = threading.Lock()
+        other.init()
+        return other
+
+    @property
+    def stuck_after_s(self) -> float:
+        """A commit taking longer than this is stuck inside librdkafka, timeouts or not."""
+        return 3 * self._settle_s + 10
+
     def _renew(self, why: str) -> None:
         log.warning("transactional producer renewed", reason=why)
         old, self._producer = self._producer, confluent_kafka.Producer(self._conf)
