@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
 
 .PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
-        test-unit test-integration chaos check preview lint format typecheck check-config clean
+        test-unit test-integration bench chaos check preview lint format typecheck check-config clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ test-unit: install system-deps ## only the tests that need no broker
 
 test-integration: install system-deps $(BROKER_FOR_TESTS) ## only the tests on the real broker
 	$(BIN)/pytest -m integration
+
+bench: install kafka-fetch ## load benchmark: ratios to the naive baseline and the blast ceiling (docs/benchmarks.md)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 chaos: install system-deps $(BROKER_FOR_TESTS) ## the full fault-injection scenarios (thousands of records each)
 	CHAOS_FULL=1 $(BIN)/pytest tests/chaos -v

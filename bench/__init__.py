@@ -1,0 +1,1 @@
+"""Herald's load benchmark (`make bench`); see bench/run.py and docs/benchmarks.md."""

@@ -1,0 +1,408 @@
+"""The reference workloads, each run as its own process by the benchmark (`python -m
+bench.workers <name> ...`), printing one JSON line of results on stdout.
+
+- `raw-blast`: pipelined raw SMTP at the sink, no client library: what the sink can take.
+- `blast`: the ceiling of the send path: messages pre-rendered once with Herald's own renderer
+  and composer, then sent over a pool of persistent aiosmtplib connections exactly as
+  `service.mailer.Mailer` drives them (MAIL, RCPT, DATA per message, `pool` at once).
+- `decode`: the ceiling of the input path: a confluent-kafka consumer reading the records and
+  decoding each with `service.events.EventDecoder`, nothing else.
+- `naive`: the same stack used plainly: poll one record, decode, render with a plain Jinja2
+  Environment, inline CSS with `css_inline.inline()` per message, build a stdlib EmailMessage,
+  `send_message` over ONE aiosmtplib connection, one message after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _loaded(routing: Path) -> Any:
+    from service.app import load
+    from service.settings import Settings
+
+    return load(
+        Settings(
+            routing_file=routing, schemas_dir=ROOT / "schemas", templates_dir=ROOT / "templates"
+        )
+    )
+
+
+def _emit(result: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+# --- raw-blast --------------------------------------------------------------------------------
+
+
+async def _raw_conn(
+    port: int, body: bytes, deadline: float, window: int, counter: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await reader.readline()
+    writer.write(b"EHLO blaster\r\n")
+    while not (await reader.readline()).startswith(b"250 "):
+        pass
+    n = 0
+    while time.monotonic() < deadline:
+        chunk = []
+        for _ in range(window):
+            n += 1
+            chunk.append(
+                b"MAIL FROM:<b@example.com>\r\nRCPT TO:<r@example.com>\r\nDATA\r\n"
+                b"Message-ID: <raw-%d-%d@bench>\r\n" % (id(writer), n) + body + b"\r\n.\r\n"
+            )
+        writer.write(b"".join(chunk))
+        for _ in range(4 * window):
+            await reader.readline()
+        counter[0] += window
+    writer.write(b"QUIT\r\n")
+    await reader.readline()
+    writer.close()
+
+
+def raw_blast(args: argparse.Namespace) -> None:
+    line = b"x" * 76 + b"\r\n"
+    body = b"Subject: load\r\nFrom: b@example.com\r\n\r\n" + line * (args.size // len(line))
+    counter = [0]
+
+    async def main() -> float:
+        t0 = time.monotonic()
+        deadline = t0 + args.seconds
+        await asyncio.gather(
+            *(_raw_conn(args.port, body, deadline, args.window, counter) for _ in range(args.conns))
+        )
+        return time.monotonic() - t0
+
+    seconds = asyncio.run(main())
+    _emit({"sent": counter[0], "seconds": seconds, "bytes_per_message": len(body)})
+
+
+# --- blast ------------------------------------------------------------------------------------
+
+
+def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]:
+    """`k` distinct messages over the mixed types, with Herald's renderer and composer; returns
+    them and the mean render+compose seconds per message."""
+    from bench.events import EventFactory
+    from service.events import EventDecoder, RawRecord
+    from service.mime import compose
+    from service.results import now
+    from service.routing import route
+    from service.settings import MailSettings
+
+    factory = EventFactory(loaded, "", types, "example.com")
+    decoder = EventDecoder(loaded.bindings, loaded.store)
+    mail = MailSettings()
+    raws = []
+    for _ in range(k):
+        topic, key, value = factory.make()
+        raws.append(RawRecord(topic=topic, partition=0, offset=0, key=key, value=value))
+
+    async def decode_all() -> list[Any]:
+        return [await decoder.decode(r) for r in raws]
+
+    events = asyncio.run(decode_all())
+    messages = []
+    t0 = time.perf_counter()
+    for event in events:
+        for n in route(event, loaded.table):
+            messages.append(compose(n, loaded.renderer.render(n), mail, now()))
+    return messages, (time.perf_counter() - t0) / max(1, len(messages))
+
+
+def blast(args: argparse.Namespace) -> None:
+    import aiosmtplib
+
+    loaded = _loaded(args.routing)
+    messages, render_s = _prerender(loaded, args.types.split(","), min(args.n, args.unique))
+    source = itertools.islice(itertools.cycle(messages), args.n)
+
+    sent = [0]
+    deadline = [0.0]
+    cpu = [0.0]
+
+    async def worker(client: aiosmtplib.SMTP) -> None:
+        for m in source:  # shared iterator: each worker takes the next message
+            if time.monotonic() > deadline[0]:
+                return
+            sent[0] += 1
+            await client.mail(m.envelope_from)
+            await client.rcpt(m.envelope_to)
+            await client.data(m.data)
+
+    async def main() -> float:
+        clients = [
+            aiosmtplib.SMTP(
+                hostname="127.0.0.1",
+                port=args.port,
+                use_tls=False,
+                start_tls=False,
+                local_hostname="bench",
+                timeout=30,
+            )
+            for _ in range(args.pool)
+        ]
+        for c in clients:
+            await c.connect()
+        t0 = time.monotonic()
+        cpu[0] = time.process_time()
+        deadline[0] = t0 + args.seconds
+        await asyncio.gather(*(worker(c) for c in clients))
+        seconds = time.monotonic() - t0
+        cpu[0] = time.process_time() - cpu[0]
+        for c in clients:
+            await c.quit()
+        return seconds
+
+    seconds = asyncio.run(main())
+    _emit(
+        {
+            "sent": sent[0],
+            "seconds": seconds,
+            "send_cpu_s": cpu[0],
+            "unique_messages": len(messages),
+            "render_compose_ms": render_s * 1000,
+            "mean_bytes": sum(len(m.data) for m in messages) / len(messages),
+        }
+    )
+
+
+# --- decode -----------------------------------------------------------------------------------
+
+
+def _consumer(bootstrap: str, group: str, **extra: Any) -> Any:
+    import confluent_kafka
+
+    return confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **extra,
+        }
+    )
+
+
+def decode(args: argparse.Namespace) -> None:
+    from service.events import EventDecoder, RawRecord
+
+    loaded = _loaded(args.routing)
+    prefix = args.prefix
+    bindings = {prefix + t: b for t, b in loaded.bindings.items()}
+    decoder = EventDecoder(
+        {
+            t: type(b)(topic=t, event_type=b.event_type, reader=b.reader, encoding=b.encoding)
+            for t, b in bindings.items()
+        },
+        loaded.store,
+    )
+    c = _consumer(args.bootstrap, f"bench-decode-{uuid.uuid4().hex[:6]}")
+    c.subscribe(args.topics.split(","))
+
+    async def main() -> tuple[int, float, float]:
+        n = 0
+        first = last = 0.0
+        deadline = time.monotonic() + args.seconds + 30
+        while n < args.n and time.monotonic() < deadline:
+            for m in c.consume(500, 0.1):
+                if m.error():
+                    continue
+                if not first:
+                    first = time.monotonic()
+                    deadline = first + args.seconds
+                raw = RawRecord(
+                    topic=m.topic(),
+                    partition=m.partition(),
+                    offset=m.offset(),
+                    key=m.key(),
+                    value=m.value(),
+                )
+                await decoder.decode(raw)
+                n += 1
+            last = time.monotonic()
+        return n, first, last
+
+    n, first, last = asyncio.run(main())
+    c.close()
+    _emit({"decoded": n, "seconds": last - first})
+
+
+# --- naive ------------------------------------------------------------------------------------
+
+
+def naive(args: argparse.Namespace) -> None:
+    import aiosmtplib
+    import css_inline
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    from service import rendering
+    from service.events import EventDecoder, RawRecord
+    from service.routing import route
+
+    loaded = _loaded(args.routing)
+    prefix = args.prefix
+    decoder = EventDecoder(
+        {
+            prefix + t: type(b)(
+                topic=prefix + t, event_type=b.event_type, reader=b.reader, encoding=b.encoding
+            )
+            for t, b in loaded.bindings.items()
+        },
+        loaded.store,
+    )
+    env = Environment(
+        loader=FileSystemLoader(ROOT / "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        money=rendering._money,
+        datetime=rendering._dt_filter("datetime"),
+        date=rendering._dt_filter("date"),
+        time=rendering._dt_filter("time"),
+        country=rendering._country,
+        number=rendering._number,
+        percent=rendering._percent,
+    )
+    from zoneinfo import ZoneInfo
+
+    import babel
+
+    brand = loaded.renderer._brand
+    c = _consumer(
+        args.bootstrap, f"bench-naive-{uuid.uuid4().hex[:6]}", **{"enable.auto.commit": True}
+    )
+    c.subscribe(args.topics.split(","))
+
+    def render(n: Any) -> EmailMessage:
+        r = n.recipient
+        lang = r.locale.split("-")[0].lower()
+        loc = lang if (ROOT / "templates" / lang / n.template).is_dir() else "en"
+        rendering._audience.set(
+            (babel.Locale.parse(r.locale.replace("-", "_")), ZoneInfo(r.time_zone))
+        )
+        ctx = {
+            "recipient": {
+                "user_id": r.user_id,
+                "email": r.email,
+                "display_name": r.display_name,
+                "locale": r.locale,
+                "time_zone": r.time_zone,
+            },
+            "payload": n.event.payload,
+            "event": {
+                "event_id": n.event.event_id,
+                "event_type": n.event.event_type,
+                "occurred_at": n.event.occurred_at,
+            },
+            "brand": brand,
+            "notification": {"type": n.type, "category": str(n.category)},
+            "locale": r.locale,
+            "unsubscribe_url": None,
+        }
+        subject = env.get_template(f"{loc}/{n.template}/subject.txt").render(ctx).strip()
+        html = css_inline.inline(env.get_template(f"{loc}/{n.template}/body.html").render(ctx))
+        text = env.get_template(f"{loc}/{n.template}/body.txt").render(ctx)
+        msg = EmailMessage()
+        msg["From"] = "Herald <no-reply@example.com>"
+        msg["To"] = r.email
+        msg["Subject"] = subject
+        msg["Date"] = format_datetime(datetime.now(UTC))
+        msg["Message-ID"] = make_msgid(domain="example.com")
+        msg.set_content(text)
+        msg.add_alternative(html, subtype="html")
+        return msg
+
+    async def main() -> tuple[int, float]:
+        smtp = aiosmtplib.SMTP(
+            hostname="127.0.0.1",
+            port=args.port,
+            use_tls=False,
+            start_tls=False,
+            local_hostname="bench",
+            timeout=30,
+        )
+        await smtp.connect()
+        n = 0
+        first = 0.0
+        deadline = time.monotonic() + args.seconds + 30
+        while n < args.n and time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or m.error():
+                continue
+            if not first:
+                first = time.monotonic()
+                deadline = first + args.seconds
+            event = await decoder.decode(
+                RawRecord(
+                    topic=m.topic(),
+                    partition=m.partition(),
+                    offset=m.offset(),
+                    key=m.key(),
+                    value=m.value(),
+                )
+            )
+            for notification in route(event, loaded.table):
+                await smtp.send_message(render(notification))
+                n += 1
+        await smtp.quit()
+        return n, time.monotonic() - first
+
+    n, seconds = asyncio.run(main())
+    c.close()
+    _emit({"sent": n, "seconds": seconds})
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.workers")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("raw-blast")
+    r.add_argument("--port", type=int, required=True)
+    r.add_argument("--seconds", type=float, default=5)
+    r.add_argument("--conns", type=int, default=8)
+    r.add_argument("--window", type=int, default=8)
+    r.add_argument("--size", type=int, default=20_000)
+    r.set_defaults(fn=raw_blast)
+    b = sub.add_parser("blast")
+    b.add_argument("--port", type=int, required=True)
+    b.add_argument("--routing", type=Path, required=True)
+    b.add_argument("--types", required=True)
+    b.add_argument("--n", type=int, required=True)
+    b.add_argument("--unique", type=int, default=600)
+    b.add_argument("--pool", type=int, default=8)
+    b.add_argument("--seconds", type=float, default=10, help="stop sending after this long")
+    b.set_defaults(fn=blast)
+    for name, fn in (("decode", decode), ("naive", naive)):
+        d = sub.add_parser(name)
+        d.add_argument("--bootstrap", required=True)
+        d.add_argument("--routing", type=Path, required=True)
+        d.add_argument("--prefix", required=True)
+        d.add_argument("--topics", required=True)
+        d.add_argument("--n", type=int, required=True)
+        d.add_argument("--seconds", type=float, default=20, help="stop after this long")
+        d.add_argument("--port", type=int, default=0)
+        d.set_defaults(fn=fn)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
