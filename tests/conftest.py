@@ -16,7 +16,7 @@ import structlog.testing
 from service.app import Loaded, load
 from service.avro import SchemaStore
 from service.events import Event, RawRecord, Recipient
-from service.examples import load_example
+from service.examples import example_event, load_example
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,24 +73,9 @@ def make_event(
 
 
 def event_from_example(loaded: Loaded, event_type: str, **recipient: Any) -> Event:
-    record = example_record(loaded, event_type)
-    record["recipient"].update(recipient)
-    r = record["recipient"]
-    return Event(
-        event_id=record["event_id"],
-        event_type=event_type,
-        occurred_at=record["occurred_at"],
-        recipient=Recipient(
-            user_id=r["user_id"],
-            email=r["email"],
-            display_name=r["display_name"],
-            locale=r["locale"],
-            time_zone=r["time_zone"],
-        ),
-        payload=record["payload"],
-        schema=loaded.table.events[event_type].schema_,
-        source=RawRecord(topic=event_type, partition=0, offset=7, key=None, value=b""),
-    )
+    schema = loaded.store.reader(loaded.table.events[event_type].schema_)
+    assert schema is not None
+    return example_event(EXAMPLES / f"{event_type}.json", schema, event_type, **recipient)
 
 
 def write_json(path: Path, data: Any) -> Path:

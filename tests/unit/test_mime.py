@@ -14,9 +14,9 @@ from service.app import Loaded
 from service.errors import HeaderInjectionError, InvalidRecipientError
 from service.mime import compose
 from service.rendering import Rendered
-from service.routing import route
+from service.routing import Category, Notification, Priority, route
 from service.settings import MailSettings
-from tests.conftest import event_from_example
+from tests.conftest import event_from_example, make_event
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 MAIL = MailSettings(from_address="no-reply@shop.example", from_name="Shop")
@@ -26,6 +26,22 @@ PARTS = Rendered(subject="Votre commande — reçue", html="<p>é</p>", text="é
 def _n(loaded: Loaded, **recipient: object):
     (n,) = route(event_from_example(loaded, "order.confirmed", **recipient), loaded.table)
     return n
+
+
+def _bare(name: str | None, key: str) -> Notification:
+    """A notification built by hand, for properties over arbitrary names."""
+    event = make_event("order.confirmed", {}, name=name)
+    return Notification(
+        type="t",
+        template="t",
+        category=Category.TRANSACTIONAL,
+        priority=Priority.HIGH,
+        recipient=event.recipient,
+        idempotency_key=key,
+        condition_met=True,
+        utm={},
+        event=event,
+    )
 
 
 def _parse(data: bytes) -> email.message.EmailMessage:
@@ -73,22 +89,7 @@ def test_invalid_recipient_address_is_a_permanent_failure(loaded: Loaded, addres
 @given(st.text(max_size=80))
 def test_no_display_name_can_add_a_header(name: str) -> None:
     """Property: whatever the name, the message has exactly the headers Herald wrote."""
-    from tests.conftest import make_event
-
-    event = make_event("order.confirmed", {}, name=name)
-    from service.routing import Category, Notification, Priority
-
-    n = Notification(
-        type="t",
-        template="t",
-        category=Category.TRANSACTIONAL,
-        priority=Priority.HIGH,
-        recipient=event.recipient,
-        idempotency_key="k" * 32,
-        condition_met=True,
-        utm={},
-        event=event,
-    )
+    n = _bare(name, "k" * 32)
     try:
         m = compose(n, PARTS, MAIL, NOW)
     except HeaderInjectionError:
@@ -140,31 +141,14 @@ def test_message_parses_back_to_what_was_rendered(
 ) -> None:
     """Property (RFC 5322/2045/2047): whatever the subject, name and bodies, the standard
     library's parser reads back exactly those headers and parts, and no line exceeds 998."""
-    from service.routing import Category, Notification, Priority
-    from tests.conftest import make_event
-
-    event = make_event("order.confirmed", {}, name=name)
-    n = Notification(
-        type="t",
-        template="t",
-        category=Category.TRANSACTIONAL,
-        priority=Priority.HIGH,
-        recipient=event.recipient,
-        idempotency_key="0123456789abcdef" * 2,
-        condition_met=True,
-        utm={},
-        event=event,
-    )
+    n = _bare(name, "0123456789abcdef" * 2)
+    subject = subject.strip() or "s"  # the renderer strips subjects
     m = compose(n, Rendered(subject=subject, html=html, text=text, locale="fr"), MAIL, NOW)
     msg = _parse(m.data)
-    assert subject.strip() == " ".join(msg["Subject"].split()) or subject == msg["Subject"]
+    assert subject == msg["Subject"]
     assert (name or "").strip() == msg["To"].addresses[0].display_name
     assert "ada@example.com" == msg["To"].addresses[0].addr_spec
-    assert (
-        text.replace("\n", "\r\n")
-        == msg.get_body(("plain",)).get_content().replace("\r\n", "\n").replace("\n", "\r\n")
-        or text == msg.get_body(("plain",)).get_content()
-    )
+    assert text == msg.get_body(("plain",)).get_content()
     assert html == msg.get_body(("html",)).get_content()
     assert all(len(line) <= 998 for line in m.data.split(b"\r\n"))
     assert not any(line.startswith(b".") for line in m.data.split(b"\r\n"))
