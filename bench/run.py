@@ -270,11 +270,9 @@ def produce_reference(ctx: Context, n: int) -> tuple[str, list[str]]:
     return prefix, factory.topics
 
 
-def scenario_decode(ctx: Context, prefix: str, topics: list[str], n: int) -> None:
-    log(f"ceiling (a): consume + decode {n} records")
-    res, procs, other = worker(
-        ctx,
-        "decode",
+def _reference_args(ctx: Context, prefix: str, topics: list[str], n: int) -> list[str]:
+    """Where the reference workers find the events produced for them."""
+    return [
         "--bootstrap",
         ctx.broker.bootstrap,
         "--routing",
@@ -285,6 +283,15 @@ def scenario_decode(ctx: Context, prefix: str, topics: list[str], n: int) -> Non
         ",".join(topics),
         "--n",
         str(n),
+    ]
+
+
+def scenario_decode(ctx: Context, prefix: str, topics: list[str], n: int) -> None:
+    log(f"ceiling (a): consume + decode {n} records")
+    res, procs, other = worker(
+        ctx,
+        "decode",
+        *_reference_args(ctx, prefix, topics, n),
         "--seconds",
         "60",
     )
@@ -309,16 +316,7 @@ def scenario_naive(ctx: Context, prefix: str, topics: list[str], n: int) -> Row:
     res, procs, other = worker(
         ctx,
         "naive",
-        "--bootstrap",
-        ctx.broker.bootstrap,
-        "--routing",
-        str(ctx.routing),
-        "--prefix",
-        prefix,
-        "--topics",
-        ",".join(topics),
-        "--n",
-        str(n),
+        *_reference_args(ctx, prefix, topics, n),
         "--seconds",
         str(ctx.args.naive_s),
         "--port",
