@@ -157,14 +157,21 @@ class Herald:
             stack.callback(
                 lambda: (self._consumer.producer if self._consumer else producer).close()
             )
-            store = await stack.enter_async_context(open_store(s.idempotency))
+            store = await stack.enter_async_context(
+                open_store(s.idempotency, in_flight=s.processing.max_in_flight)
+            )
             mailer = await stack.enter_async_context(Mailer(s.smtp, self.metrics))
             http = await stack.enter_async_context(
                 HttpEndpoint(self.metrics, s.http.host, s.http.port, lambda: self.ready)
             )
             self.http_port = http.port
             pipeline = Pipeline(
-                decoder=EventDecoder(self.loaded.bindings, self.loaded.store, self._registry),
+                decoder=EventDecoder(
+                    self.loaded.bindings,
+                    self.loaded.store,
+                    self._registry,
+                    max_record_bytes=s.processing.max_record_bytes,
+                ),
                 table=self.loaded.table,
                 renderer=self.loaded.renderer,
                 mailer=mailer,

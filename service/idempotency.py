@@ -165,10 +165,19 @@ class RedisStore(IdempotencyStore):
 
     _PREFIX = "herald:notification:"
 
-    def __init__(self, url: str, retention_h: int) -> None:
+    def __init__(self, url: str, retention_h: int, *, connections: int = 64) -> None:
+        """`connections`: one per record in flight, at most; a record waits for a free one
+        (up to the socket timeout) rather than failing, which the default pool would do."""
         import redis.asyncio
 
-        self._redis = redis.asyncio.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=connections,
+            timeout=5,
+            socket_timeout=5,
+            socket_connect_timeout=5,
+        )
+        self._redis = redis.asyncio.Redis(connection_pool=pool)
         self._ttl_s = retention_h * 3600
 
     async def _call(self, coro: Any) -> Any:
@@ -208,12 +217,15 @@ class RedisStore(IdempotencyStore):
         await self._call(self._redis.delete(self._PREFIX + key))
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
 
-def open_store(settings: IdempotencySettings) -> IdempotencyStore:
+def open_store(settings: IdempotencySettings, *, in_flight: int) -> IdempotencyStore:
+    """`in_flight`: records processed at once, each needing at most one store call at a time."""
     if settings.backend == "redis":
-        return RedisStore(settings.redis_url.get_secret_value(), settings.retention_h)
+        return RedisStore(
+            settings.redis_url.get_secret_value(), settings.retention_h, connections=in_flight
+        )
     return SqliteStore(settings.path, settings.retention_h)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,3 +67,13 @@ async def test_redis_out_of_reach_is_store_unavailable() -> None:
     async with RedisStore(f"redis://127.0.0.1:{free_port()}/0", retention_h=1) as s:
         with pytest.raises(StoreUnavailable):
             await s.claim("k")
+
+
+async def test_redis_calls_beyond_the_pool_wait_for_a_connection(redis_url: str) -> None:
+    """More records in flight than connections: the extra calls queue, none is 'unavailable'."""
+    async with RedisStore(redis_url, retention_h=1, connections=4) as s:
+        keys = [f"pool-{i}" for i in range(200)]
+        priors = await asyncio.gather(*(s.claim(k) for k in keys))
+        assert [p.state for p in priors] == [State.NEW] * len(keys)
+        again = await asyncio.gather(*(s.claim(k) for k in keys))
+        assert {p.state for p in again} == {State.CLAIMED}
