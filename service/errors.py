@@ -52,6 +52,10 @@ class DecodeError(RecordError):
     reason = "decode_error"
 
 
+class RecordTooLarge(DecodeError):
+    reason = "record_too_large"
+
+
 class RoutingError(RecordError):
     reason = "routing_error"
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import fastavro
 
 from service.avro import SINGLE_OBJECT_MAGIC, SchemaStore, StoredSchema, read_body
-from service.errors import DecodeError, SchemaRegistryUnavailable
+from service.errors import DecodeError, RecordTooLarge, SchemaRegistryUnavailable
 
 Encoding = Literal["single-object", "confluent"]
 CONFLUENT_MAGIC = 0
@@ -86,8 +86,11 @@ class EventDecoder:
         bindings: Mapping[str, TopicBinding],
         store: SchemaStore,
         registry: Any | None = None,
+        *,
+        max_record_bytes: int | None = None,
     ) -> None:
         """`registry` is a confluent-kafka `AsyncSchemaRegistryClient`, needed for `confluent`."""
+        self._max_bytes = max_record_bytes
         self._bindings = dict(bindings)
         self._store = store
         self._registry = registry
@@ -104,6 +107,11 @@ class EventDecoder:
         value = raw.value
         if not value:
             raise DecodeError("record has no value (tombstone or empty)")
+        if self._max_bytes is not None and len(value) > self._max_bytes:
+            raise RecordTooLarge(
+                f"record of {len(value):,} bytes is over processing.max_record_bytes "
+                f"({self._max_bytes:,}); not decoded"
+            )
         if binding.encoding == "confluent":
             writer = await self._confluent_writer(value)
             body = value[5:]

@@ -153,6 +153,9 @@ class ProcessingSettings(_Group):
     cancelling them and handing them back uncommitted."""
     commit_interval_ms: int = Field(default=200, ge=10)
     """How often finished records' outcomes and offsets are committed in one transaction."""
+    max_record_bytes: int = Field(default=1_048_576, ge=1024)
+    """Larger records are dead-lettered unread (`record_too_large`): an event that big is a
+    producer's bug, and rendering it would hold up every other record for seconds."""
 
 
 class IdempotencySettings(_Group):

@@ -4,7 +4,7 @@ Garbage bytes, an unknown schema fingerprint, an empty value, a template that ne
 the event lacks, CR/LF in a display name and in a field that goes into the subject, and a 10 MB
 field, spread among the good records of the same topics and keys. Good records must all be SENT
 (FAILED for the `perm…` recipients the server refuses), poison DEAD_LETTERED with one copy on
-the dead-letter topic (the 10 MB field may also end FAILED, SENT or UNKNOWN: it is not malformed).
+the dead-letter topic (the 10 MB record as `record_too_large`, over the default size limit).
 """
 
 from __future__ import annotations

@@ -181,14 +181,13 @@ class Workload:
                 payload__order_number="A-1\r\nBcc: everyone@example.com",
             )
         if kind == "huge_field":
-            # Not malformed: rejecting it, a permanent SMTP refusal, delivering it, or a ~27 MB
-            # DATA that outlasts the client timeout (UNKNOWN) are all terminal. What is checked
-            # is one outcome, no second copy, and that it blocks nothing behind it.
+            # Well-formed, but ten times processing.max_record_bytes: dead-lettered unread
+            # (record_too_large), so it cannot hold up the records behind it.
             return self._event(
                 kind,
                 "login.suspicious",
                 user,
-                allowed=frozenset({"DEAD_LETTERED", "FAILED", "SENT", "UNKNOWN"}),
+                allowed=POISON,
                 payload__device="A" * HUGE_BYTES,
             )
         topic = self._prefix + self._loaded.table.topic_of(self._rng.choice(EVENT_TYPES))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from service.app import Loaded
 from service.avro import SchemaStore, _stored, encode_single_object, write_body
-from service.errors import ConfigError, DecodeError
+from service.errors import ConfigError, DecodeError, RecordTooLarge
 from service.events import EventDecoder, RawRecord, TopicBinding
 from tests.conftest import ROOT, example_record
 
@@ -72,12 +72,15 @@ V1_RECORD = {
 
 
 def _decoder(
-    store: SchemaStore, encoding: Any = "single-object", registry: Any = None
+    store: SchemaStore,
+    encoding: Any = "single-object",
+    registry: Any = None,
+    max_record_bytes: int | None = None,
 ) -> EventDecoder:
     reader = store.reader("herald.events.UserSignedUp")
     assert reader is not None
     binding = TopicBinding(topic=TOPIC, event_type=TOPIC, reader=reader, encoding=encoding)
-    return EventDecoder({TOPIC: binding}, store, registry)
+    return EventDecoder({TOPIC: binding}, store, registry, max_record_bytes=max_record_bytes)
 
 
 def _raw(value: bytes | None, topic: str = TOPIC) -> RawRecord:
@@ -107,6 +110,19 @@ async def test_single_object_round_trip(loaded: Loaded) -> None:
     assert "en-US" == event.recipient.locale
     assert record["payload"]["activation_url"] == event.payload["activation_url"]
     assert 42 == event.source.offset
+
+
+async def test_record_over_the_size_limit_is_refused_unread(loaded: Loaded) -> None:
+    """The limit is on the bytes: a well-formed record one byte over it is refused, at it not."""
+    schema = loaded.store.reader("herald.events.UserSignedUp")
+    assert schema is not None
+    value = encode_single_object(schema, example_record(loaded, TOPIC))
+    at_limit = _decoder(loaded.store, max_record_bytes=len(value))
+    assert "user.signed_up" == (await at_limit.decode(_raw(value))).event_type
+    below = _decoder(loaded.store, max_record_bytes=len(value) - 1)
+    with pytest.raises(RecordTooLarge, match=f"record of {len(value):,} bytes .*max_record_bytes"):
+        await below.decode(_raw(value))
+    assert "record_too_large" == RecordTooLarge.reason
 
 
 def test_fingerprint_matches_the_avro_spec() -> None:
