@@ -271,19 +271,20 @@ class Herald:
             return False
 
     def gauges(self) -> dict[str, float]:
-        """herald_in_flight and herald_consumer_paused from Herald's /metrics ({} if none)."""
+        """herald_in_flight (all lanes) and herald_consumer_paused (standard lane) from Herald's
+        /metrics ({} if none)."""
         try:
             url = f"http://127.0.0.1:{self.http_port}/metrics"
             with urllib.request.urlopen(url, timeout=1) as r:
                 text = r.read().decode()
         except (urllib.error.URLError, OSError):
             return {}
-        out = {}
-        for line in text.splitlines():
-            if line.startswith("herald_in_flight "):
-                out["in_flight"] = float(line.split()[1])
-            elif line.startswith("herald_consumer_paused "):
-                out["paused"] = float(line.split()[1])
+        out: dict[str, float] = {}
+        for line in text.splitlines():  # in flight: every lane; paused: the standard lane's
+            if line.startswith("herald_in_flight{"):
+                out["in_flight"] = out.get("in_flight", 0.0) + float(line.split()[-1])
+            elif line.startswith('herald_consumer_paused{lane="standard"}'):
+                out["paused"] = float(line.split()[-1])
         return out if len(out) == 2 else {}
 
     def wait_ready(self, timeout_s: float = 120) -> None:

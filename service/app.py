@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from service.pipeline import Pipeline
 from service.rendering import Renderer
 from service.results import OutcomeCodec
 from service.retries import RetryPolicy
-from service.routing import RoutingTable, load_table
+from service.routing import Priority, RoutingTable, load_table
 from service.settings import Settings
 
 log = structlog.get_logger("herald")
@@ -128,13 +129,33 @@ class Herald:
         self.metrics = metrics or Metrics()
         self.loaded = load(settings)
         self._registry = registry if registry is not None else registry_client(settings)
-        self._consumer: Consumer | None = None
+        self._consumers: list[Consumer] = []
         self.http_port: int | None = None
         self.started = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        return self._consumer is not None and self._consumer.ready
+        return bool(self._consumers) and all(c.ready for c in self._consumers)
+
+    def lanes(self, retries: RetryPolicy) -> list[Lane]:
+        """The express lane (topics with a route of `processing.express_priority` or above),
+        if any, and the standard lane with every other topic and the retry topics."""
+        p = self.settings.processing
+        express_events = self.loaded.table.express_events(self.express_priority)
+        bindings = self.loaded.bindings
+        express = sorted(t for t, b in bindings.items() if b.event_type in express_events)
+        standard = [*sorted(t for t in bindings if t not in express), *retries.topics]
+        lanes = [Lane(name="standard", topics=standard, max_in_flight=p.max_in_flight)]
+        if express:
+            lanes.insert(
+                0, Lane(name="express", topics=express, max_in_flight=p.express_max_in_flight)
+            )
+        return lanes
+
+    @property
+    def express_priority(self) -> Priority | None:
+        chosen = self.settings.processing.express_priority
+        return None if chosen == "off" else Priority(chosen)
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -146,21 +167,28 @@ class Herald:
         await asyncio.to_thread(
             ensure_topics, k.librdkafka(), own_topics, partitions=k.own_topic_partitions
         )
-        producer = TransactionalProducer(
-            {**k.librdkafka(), "client.id": f"{k.client_id}-out"},
-            k.transactional_id or f"{k.group_id}-{socket.gethostname()}",
-            k.transaction_timeout_ms,
-        )
-        await asyncio.to_thread(producer.init)
+        lanes = self.lanes(retries)
+        express = len(lanes) > 1
+        base_tid = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
+        producers = {
+            lane.name: TransactionalProducer(
+                {**k.librdkafka(), "client.id": f"{k.client_id}{lane.suffix}-out"},
+                base_tid + lane.suffix,
+                k.transaction_timeout_ms,
+            )
+            for lane in lanes
+        }
+        await asyncio.gather(*(asyncio.to_thread(p.init) for p in producers.values()))
         async with AsyncExitStack() as stack:
-            # The consumer may have replaced a stuck client meanwhile: close its current one.
-            stack.callback(
-                lambda: (self._consumer.producer if self._consumer else producer).close()
-            )
+            for lane in lanes:
+                # The consumer may have replaced a stuck client meanwhile: close its current one.
+                stack.callback(self._close_producer, lane.name, producers[lane.name])
             store = await stack.enter_async_context(
-                open_store(s.idempotency, in_flight=s.processing.max_in_flight)
+                open_store(s.idempotency, in_flight=sum(lane.max_in_flight for lane in lanes))
             )
-            mailer = await stack.enter_async_context(Mailer(s.smtp, self.metrics))
+            mailer = await stack.enter_async_context(
+                Mailer(s.smtp, self.metrics, express_slots=s.smtp.express_slots if express else 0)
+            )
             http = await stack.enter_async_context(
                 HttpEndpoint(self.metrics, s.http.host, s.http.port, lambda: self.ready)
             )
@@ -180,20 +208,26 @@ class Herald:
                 retries=retries,
                 metrics=self.metrics,
                 mail=s.mail,
+                express=self.express_priority if express else None,
             )
-            self._consumer = Consumer(
-                k,
-                s.processing,
-                [*sorted(self.loaded.bindings), *retries.topics],
-                pipeline.handle,
-                producer,
-                retries,
-                self.metrics,
-                should_pause=lambda: mailer.breaker.is_open,
-            )
+            self._consumers = [
+                Consumer(
+                    k.model_copy(update={"client_id": k.client_id + lane.suffix}),
+                    s.processing.model_copy(update={"max_in_flight": lane.max_in_flight}),
+                    lane.topics,
+                    pipeline.handle,
+                    producers[lane.name],
+                    retries,
+                    self.metrics,
+                    should_pause=lambda: mailer.breaker.is_open,
+                    lane=lane.name,
+                )
+                for lane in lanes
+            ]
             log.info(
                 "herald started",
                 topics=sorted(self.loaded.bindings),
+                express_topics=lanes[0].topics if express else [],
                 results_topic=codec.results_topic,
                 dead_letter_topic=codec.dead_letter_topic,
                 retry_topics=retries.topics,
@@ -203,13 +237,18 @@ class Herald:
             )
             self.started.set()
             try:
-                await self._consumer.run(stop)
+                await _run_together(self._consumers, stop)
             finally:
+                counts: Counter[str] = Counter()
+                for c in self._consumers:
+                    counts.update(c.counts)
                 log.info(
-                    "herald stopped",
-                    uptime_s=round(time.monotonic() - began, 1),
-                    **dict(self._consumer.counts),
+                    "herald stopped", uptime_s=round(time.monotonic() - began, 1), **dict(counts)
                 )
+
+    def _close_producer(self, lane: str, initial: TransactionalProducer) -> None:
+        current = next((c.producer for c in self._consumers if c.lane == lane), initial)
+        current.close()
 
     async def _codec(self) -> OutcomeCodec:
         s = self.settings
@@ -231,3 +270,37 @@ class Herald:
             registry_schema_id=schema_id,
             recipient_mode=s.mail.recipient_in_outcomes,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Lane:
+    """A consumer of its own in the group: topics, in-flight budget and transactions."""
+
+    name: str
+    topics: list[str]
+    max_in_flight: int
+
+    @property
+    def suffix(self) -> str:
+        """Added to the client and transactional ids; none for the standard lane, so an
+        upgrade keeps the transactional id and fences the instance it replaces."""
+        return "" if self.name == "standard" else f"-{self.name}"
+
+
+async def _run_together(consumers: list[Consumer], stop: asyncio.Event) -> None:
+    """Run every lane until `stop`; a lane that ends on its own (a fatal error) stops the
+    others, which drain and commit, and its error is raised."""
+    inner = asyncio.Event()
+    tasks = [asyncio.create_task(c.run(inner)) for c in consumers]
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        inner.set()
+        await asyncio.wait(tasks)
+    finally:
+        stopping.cancel()
+        for t in tasks:
+            t.cancel()  # only still running if we were cancelled ourselves
+    for t in tasks:
+        if not t.cancelled() and (exc := t.exception()) is not None:
+            raise exc

@@ -62,7 +62,14 @@ class Consumer:
         retries: RetryPolicy,
         metrics: Metrics,
         should_pause: Callable[[], bool] = lambda: False,
+        *,
+        lane: str = "standard",
     ) -> None:
+        """`lane` names this consumer in logs and metrics (an instance may run two, see app)."""
+        self.lane = lane
+        self._log = log.bind(lane=lane)
+        self._in_flight = metrics.in_flight.labels(lane)
+        self._paused_gauge = metrics.paused.labels(lane)
         self._kafka = kafka
         self._proc = processing
         self._topics = topics
@@ -130,7 +137,7 @@ class Consumer:
             on_lost=self._on_lost,
         )
         self._running = True
-        log.info("consuming", topics=self._topics, group=self._kafka.group_id)
+        self._log.info("consuming", topics=self._topics, group=self._kafka.group_id)
         last_commit = time.monotonic()
         committing: asyncio.Task[None] | None = None
         try:
@@ -179,7 +186,7 @@ class Consumer:
                 return
             if err.fatal():
                 self._fatal = KafkaException(err)
-            log.warning("consumer error", error=err.str(), code=err.name())
+            self._log.warning("consumer error", error=err.str(), code=err.name())
             return
         tp = (m.topic(), m.partition())
         if tp in deferred_now or tp not in self._assigned:
@@ -200,7 +207,7 @@ class Consumer:
                 deferred_now.add(tp)
                 return
         self._tracker.track(tp, raw.offset)
-        self._metrics.in_flight.inc()
+        self._in_flight.inc()
         prev = self._tails.get((*tp, raw.key)) if raw.key is not None else None
         epoch = self._epochs.get(tp, 0)
         task = asyncio.create_task(self._process(raw, prev, epoch))
@@ -234,13 +241,13 @@ class Consumer:
         self._tp_tasks.get(tp, set()).discard(task)
         if raw.key is not None and self._tails.get((*tp, raw.key)) is task:
             del self._tails[(*tp, raw.key)]
-        self._metrics.in_flight.dec()
+        self._in_flight.dec()
         if task.cancelled():
             return  # shutdown gave up on it: not done, so never committed
         exc = task.exception()
         if exc is not None:
             # The pipeline turns every expected failure into an outcome; this is a bug.
-            log.error("record handler crashed", error=repr(exc), exc_info=exc)
+            self._log.error("record handler crashed", error=repr(exc), exc_info=exc)
             self._fatal = exc
             return
         if self._epochs.get(tp, 0) == epoch:
@@ -270,8 +277,8 @@ class Consumer:
         if parts:
             (self._consumer.pause if paused else self._consumer.resume)(parts)
         self._paused = paused
-        self._metrics.paused.set(1 if paused else 0)
-        log.info("consumption paused" if paused else "consumption resumed", **why)
+        self._paused_gauge.set(1 if paused else 0)
+        self._log.info("consumption paused" if paused else "consumption resumed", **why)
 
     async def _commit(self, tps: list[TP] | None = None) -> None:
         """Write the finished prefix's records and its offsets in one transaction.
@@ -294,7 +301,7 @@ class Consumer:
                 records.extend(done[offset])
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         group = self._group
-        log.debug("committing", records=len(records), offsets=len(offsets))
+        self._log.debug("committing", records=len(records), offsets=len(offsets))
         try:
             call = asyncio.ensure_future(
                 _on_daemon_thread(self.producer.commit, records, offsets, group)
@@ -303,14 +310,14 @@ class Consumer:
             if not finished:
                 # Seen after a broker restart: send_offsets_to_transaction never returning.
                 # Leave that client to its thread; a new one fences it and takes over.
-                log.warning("transaction stuck; starting a new transactional client")
+                self._log.warning("transaction stuck; starting a new transactional client")
                 self._metrics.transactions.labels("aborted").inc()
                 self.producer = await _on_daemon_thread(self.producer.fresh)
                 return
             call.result()
         except TransactionFailed as exc:
             self._metrics.transactions.labels("aborted").inc()
-            log.warning("transaction aborted; outcomes and offsets held back", error=str(exc))
+            self._log.warning("transaction aborted; outcomes and offsets held back", error=str(exc))
             return
         except ProducerFenced as exc:
             self._fatal = exc
@@ -331,7 +338,7 @@ class Consumer:
             # librdkafka keeps a partition's pause flag across assignments: one paused before it
             # was lost would come back paused for ever unless set here, either way.
             (consumer.pause if self._paused else consumer.resume)(partitions)
-        log.info("partitions assigned", partitions=_names(partitions))
+        self._log.info("partitions assigned", partitions=_names(partitions))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -339,14 +346,14 @@ class Consumer:
         self._group = consumer.consumer_group_metadata()  # this generation, still ours
         waiting = asyncio.run_coroutine_threadsafe(self._hand_back(tps, commit=True), self._loop)
         waiting.result()
-        log.info("partitions revoked", partitions=_names(partitions))
+        self._log.info("partitions revoked", partitions=_names(partitions))
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         """Lost, not revoked: someone else may own them already, so commit nothing."""
         tps = [(p.topic, p.partition) for p in partitions]
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(self._hand_back(tps, commit=False), self._loop).result()
-        log.warning(
+        self._log.warning(
             "partitions lost; their uncommitted records will be redelivered",
             partitions=_names(partitions),
         )
@@ -363,7 +370,7 @@ class Consumer:
                     for task in pending:
                         task.cancel()
                     await asyncio.wait(pending, timeout=5)
-                    log.warning(
+                    self._log.warning(
                         "revoked partitions not drained in time; their records will be redelivered",
                         in_flight=len(pending),
                     )
@@ -379,13 +386,15 @@ class Consumer:
 
     async def _shutdown(self) -> None:
         if self._tasks:
-            log.info("draining", in_flight=len(self._tasks))
+            self._log.info("draining", in_flight=len(self._tasks))
             _, pending = await asyncio.wait(set(self._tasks), timeout=self._proc.shutdown_timeout_s)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
-                log.warning("shutdown deadline passed; records handed back", count=len(pending))
+                self._log.warning(
+                    "shutdown deadline passed; records handed back", count=len(pending)
+                )
         if self._fatal is None and not self._commit_lock.locked():
             await self._commit()
         await self._call(self._consumer.close)
@@ -409,7 +418,7 @@ class Consumer:
                     self._metrics.consumer_lag.labels(topic, pid).set(max(0, end - committed))
 
     def _on_error(self, err: KafkaError) -> None:
-        log.warning("kafka client error", error=err.str(), code=err.name())
+        self._log.warning("kafka client error", error=err.str(), code=err.name())
 
 
 async def _on_daemon_thread(fn: Callable[..., T], *args: Any) -> T:

@@ -11,6 +11,7 @@ import asyncio
 import random
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -143,14 +144,70 @@ def _map_smtp_errors(phase: str) -> Iterator[None]:
         raise err from exc
 
 
+class Slots:
+    """The pool's connection slots, handed out express first.
+
+    Express waiters are served before any bulk waiter, and `reserved` slots are theirs alone:
+    with every other connection busy with bulk DATA, a password reset still goes at once.
+    """
+
+    def __init__(self, size: int, reserved: int = 0) -> None:
+        self._size = size
+        self._bulk_limit = size - reserved
+        self._used = 0
+        self._bulk_used = 0
+        self._waiters: dict[bool, deque[asyncio.Future[None]]] = {True: deque(), False: deque()}
+
+    def _free(self, express: bool) -> bool:
+        return self._used < self._size and (express or self._bulk_used < self._bulk_limit)
+
+    def _take(self, express: bool) -> None:
+        self._used += 1
+        self._bulk_used += not express
+
+    async def acquire(self, express: bool) -> None:
+        ahead = self._waiters[True] or (not express and self._waiters[False])
+        if not ahead and self._free(express):
+            self._take(express)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters[express].append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release(express)  # granted, but its task was cancelled before it ran
+            else:
+                self._waiters[express].remove(fut)
+            raise
+
+    def release(self, express: bool) -> None:
+        self._used -= 1
+        self._bulk_used -= not express
+        for kind in (True, False):
+            queue = self._waiters[kind]
+            while queue and self._free(kind):
+                fut = queue.popleft()
+                if not fut.done():
+                    self._take(kind)
+                    fut.set_result(None)
+            if queue:
+                return  # still waiting express mail keeps bulk waiting too
+
+    @property
+    def in_use(self) -> int:
+        return self._used
+
+
 class Mailer:
     """A bounded pool of SMTP connections with in-process retries for transient failures."""
 
-    def __init__(self, settings: SmtpSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: SmtpSettings, metrics: Metrics, *, express_slots: int = 0) -> None:
+        """`express_slots`: connections kept for express mail (0 when there is no express lane)."""
         self._s = settings
         self._metrics = metrics
         self._idle: list[aiosmtplib.SMTP] = []
-        self._slots = asyncio.Semaphore(settings.pool_size)
+        self._slots = Slots(settings.pool_size, express_slots)
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
 
     async def __aenter__(self) -> Mailer:
@@ -183,13 +240,18 @@ class Mailer:
         )
 
     async def send(
-        self, message: Email, before_data: Callable[[], Awaitable[None]] | None = None
+        self,
+        message: Email,
+        before_data: Callable[[], Awaitable[None]] | None = None,
+        *,
+        express: bool = False,
     ) -> Delivery:
         """Deliver with a few quick retries; raises the last DeliveryError when they run out.
 
         `before_data` runs just before the message body is handed over: from then on a lost
         connection leaves the outcome unknown. Server-wide failures do not use up the message's
         tries; they feed the breaker, and once it is open SmtpUnavailable is raised at once.
+        `express` mail gets the next free connection, and the reserved ones.
         """
         attempt = 0
         while True:
@@ -197,7 +259,7 @@ class Mailer:
                 raise SmtpUnavailable(f"SMTP circuit breaker is open: {self.breaker.last_error}")
             attempt += 1
             try:
-                delivery = await self._send_once(message, attempt, before_data)
+                delivery = await self._send_once(message, attempt, before_data, express)
             except DeliveryError as exc:
                 self._metrics.smtp_attempt(exc)
                 exc.attempts = attempt
@@ -225,9 +287,14 @@ class Mailer:
         self.breaker.succeeded()
 
     async def _send_once(
-        self, message: Email, attempt: int, before_data: Callable[[], Awaitable[None]] | None
+        self,
+        message: Email,
+        attempt: int,
+        before_data: Callable[[], Awaitable[None]] | None,
+        express: bool,
     ) -> Delivery:
-        async with self._slots:
+        await self._slots.acquire(express)
+        try:
             client, reused = await self._acquire()
             started = time.perf_counter()
             ok = False
@@ -256,6 +323,8 @@ class Mailer:
                     self._idle.append(client)
                 else:
                     client.close()
+        finally:
+            self._slots.release(express)
         return Delivery(
             code=reply.code,
             enhanced_code=enhanced_code(reply.message),

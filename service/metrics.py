@@ -62,10 +62,17 @@ class Metrics:
             ["result"],
             registry=r,
         )
-        self.in_flight = Gauge("herald_in_flight", "Records being processed.", registry=r)
+        self.in_flight = Gauge(
+            "herald_in_flight",
+            "Records being processed, per lane (express, standard).",
+            ["lane"],
+            registry=r,
+        )
         self.paused = Gauge(
             "herald_consumer_paused",
-            "1 while consumption is paused: too much work in flight, or the SMTP breaker open.",
+            "1 while a lane's consumption is paused: too much work in flight, or the SMTP breaker "
+            "open.",
+            ["lane"],
             registry=r,
         )
         self.consumer_lag = Gauge(

@@ -32,7 +32,7 @@ from service.mime import compose
 from service.rendering import Renderer
 from service.results import Outcome, OutcomeCodec, Status, now, record_outcome_id
 from service.retries import RetryPolicy, RetryTicket
-from service.routing import Notification, RoutingTable, route
+from service.routing import Notification, Priority, RoutingTable, route
 from service.settings import MailSettings
 
 log = structlog.get_logger("herald.pipeline")
@@ -71,7 +71,10 @@ class Pipeline:
         retries: RetryPolicy,
         metrics: Metrics,
         mail: MailSettings,
+        express: Priority | None = None,
     ) -> None:
+        """`express`: mail of this priority or above is sent ahead of the rest."""
+        self._express = express
         self._decoder = decoder
         self._table = table
         self._renderer = renderer
@@ -184,7 +187,11 @@ class Pipeline:
 
         while True:
             try:
-                delivery = await self._mailer.send(message, before_data=mark_data)
+                delivery = await self._mailer.send(
+                    message,
+                    before_data=mark_data,
+                    express=self._express is not None and n.priority.at_least(self._express),
+                )
                 break
             except SmtpUnavailable:
                 await self._mailer.breaker.wait()  # the consumer is paused meanwhile

@@ -44,6 +44,12 @@ class Priority(StrEnum):
     NORMAL = "normal"
     LOW = "low"
 
+    def at_least(self, other: Priority) -> bool:
+        return _RANK[self] >= _RANK[other]
+
+
+_RANK = {Priority.LOW: 0, Priority.NORMAL: 1, Priority.HIGH: 2, Priority.CRITICAL: 3}
+
 
 _NAME = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
 _TEMPLATE = r"^[a-z][a-z0-9_]*$"
@@ -107,6 +113,16 @@ class RoutingTable:
 
     def topic_of(self, event_type: str) -> str:
         return self.events[event_type].topic or event_type
+
+    def express_events(self, threshold: Priority | None) -> frozenset[str]:
+        """Event types with a route of `threshold` priority or above (none without one)."""
+        if threshold is None:
+            return frozenset()
+        return frozenset(
+            event_type
+            for event_type, routes in self.routes.items()
+            if any(r.spec.priority.at_least(threshold) for r in routes)
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

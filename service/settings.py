@@ -6,7 +6,15 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
@@ -76,6 +84,9 @@ class SmtpSettings(_Group):
     timeout_s: float = Field(default=30.0, gt=0)
     pool_size: int = Field(default=4, ge=1, le=256)
     """Persistent connections kept open to the server."""
+    express_slots: int = Field(default=1, ge=0, le=255)
+    """Connections of the pool only express mail may use (see `processing.express_priority`),
+    so a password reset never waits for bulk mail to finish its DATA. Below `pool_size`."""
     max_attempts: int = Field(default=3, ge=1, le=20)
     """In-process tries for a transient failure before it moves to the retry topics."""
     retry_backoff_ms: int = Field(default=200, ge=0)
@@ -86,6 +97,14 @@ class SmtpSettings(_Group):
     """Consecutive server-wide failures (refused connection, 421, AUTH) that open the breaker."""
     breaker_cooldown_s: float = Field(default=10.0, gt=0)
     """While open, consumption pauses; after this a single probe may try again."""
+
+    @field_validator("express_slots")
+    @classmethod
+    def _below_pool_size(cls, value: int, info: ValidationInfo) -> int:
+        pool = info.data.get("pool_size")
+        if pool is not None and value >= pool:
+            raise ValueError(f"must be below smtp.pool_size ({pool}), or bulk mail gets none")
+        return value
 
 
 def _addr_spec(value: str | None) -> str | None:
@@ -153,6 +172,12 @@ class ProcessingSettings(_Group):
     cancelling them and handing them back uncommitted."""
     commit_interval_ms: int = Field(default=200, ge=10)
     """How often finished records' outcomes and offsets are committed in one transaction."""
+    express_priority: Literal["critical", "high", "off"] = "critical"
+    """Topics with a route of this priority or above are read by a consumer of their own (in
+    the same group) with its own in-flight budget and transactions, and their mail jumps the
+    SMTP queue: a bulk backlog never queues ahead of them. `off`: one consumer for all."""
+    express_max_in_flight: int = Field(default=32, ge=1)
+    """Records of the express topics being processed at once."""
     max_record_bytes: int = Field(default=1_048_576, ge=1024)
     """Larger records are dead-lettered unread (`record_too_large`): an event that big is a
     producer's bug, and rendering it would hold up every other record for seconds."""

@@ -3,11 +3,13 @@
 Behaviour is chosen per recipient local part, so one server serves every scenario:
 `perm…@` → 550 5.1.1 at RCPT, `temp…@` → 451 4.3.0 at RCPT, `flaky…@` → 451 for the first
 three RCPTs of that address then accepted, `drop…@` → connection closed after the message
-body, before any reply (the RFC 1047 window).
+body, before any reply (the RFC 1047 window), `slow…@` → the reply to DATA comes after
+`SLOW_DATA_S` (a relay busy scanning the message).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+SLOW_DATA_S = 3.0
 
 
 def free_port() -> int:
@@ -41,6 +45,8 @@ class RecordingHandler:
     received: list[Received] = field(default_factory=list)
     rcpt_attempts: int = 0
     flaky_seen: dict[str, int] = field(default_factory=dict)
+    data_started: list[list[str]] = field(default_factory=list)
+    """Recipients of every DATA the server began, received or not."""
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -59,6 +65,9 @@ class RecordingHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.data_started.append(list(envelope.rcpt_tos))
+        if any(r.split("@", 1)[0].startswith("slow") for r in envelope.rcpt_tos):
+            await asyncio.sleep(SLOW_DATA_S)
         if any(r.split("@", 1)[0].startswith("drop") for r in envelope.rcpt_tos):
             server.transport.close()  # body received, reply never sent
             return "250 2.0.0 never seen"

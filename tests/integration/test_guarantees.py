@@ -5,6 +5,7 @@ outage pausing consumption instead of failing mail."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -133,7 +134,7 @@ async def test_mail_server_outage_pauses_consumption_and_loses_nothing(
 
         async def paused() -> bool:
             _, m = await _scrape(herald.http_port or 0)
-            return "herald_smtp_breaker_open 1.0" in m and "herald_consumer_paused 1.0" in m
+            return "herald_smtp_breaker_open 1.0" in m and set(_paused(m).values()) == {1.0}
 
         for _ in range(100):
             if await paused():
@@ -147,4 +148,10 @@ async def test_mail_server_outage_pauses_consumption_and_loses_nothing(
     assert ["SENT"] * 5 == [o["status"] for o in outcomes]
     assert "herald_retries_scheduled_total{" not in metrics
     assert "herald_smtp_breaker_open 0.0" in metrics
-    assert "herald_consumer_paused 0.0" in metrics
+    assert {"express": 0.0, "standard": 0.0} == _paused(metrics)
+
+
+def _paused(metrics: str) -> dict[str, float]:
+    """herald_consumer_paused per lane (every lane pauses while the breaker is open)."""
+    found = re.findall(r'^herald_consumer_paused\{lane="(\w+)"\} (\S+)$', metrics, re.M)
+    return {lane: float(v) for lane, v in found}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from service.errors import (
     SmtpUnavailable,
     TransientDeliveryError,
 )
-from service.mailer import Mailer, classify, enhanced_code
+from service.mailer import Mailer, Slots, classify, enhanced_code
 from service.metrics import Metrics
 from service.mime import Email
 from service.settings import SmtpSettings
@@ -146,3 +147,32 @@ async def test_plain_connection_refused_by_a_server_requiring_tls(tmp_path: Path
             with pytest.raises(PermanentDeliveryError) as info:
                 await mailer.send(_email("a@example.com"))
     assert 530 == info.value.code
+
+
+async def test_slots_serve_express_first_and_keep_reserved_ones_for_it() -> None:
+    """Bulk may hold size - reserved slots; a waiting express acquirer goes before every
+    waiting bulk one; a cancelled waiter leaves no slot behind."""
+    slots = Slots(3, reserved=1)
+    order: list[str] = []
+
+    async def use(name: str, express: bool, hold: asyncio.Event) -> None:
+        await slots.acquire(express)
+        order.append(name)
+        await hold.wait()
+        slots.release(express)
+
+    hold = asyncio.Event()
+    bulk = [asyncio.create_task(use(f"b{i}", False, hold)) for i in range(4)]
+    await asyncio.sleep(0)
+    assert ["b0", "b1"] == order  # the third slot is reserved
+    express = [asyncio.create_task(use(f"e{i}", True, hold)) for i in range(2)]
+    await asyncio.sleep(0)
+    assert ["b0", "b1", "e0"] == order  # e0 got the reserved slot
+    assert 3 == slots.in_use
+    gone = asyncio.create_task(slots.acquire(False))
+    await asyncio.sleep(0)
+    gone.cancel()
+    hold.set()
+    await asyncio.gather(*bulk, *express)
+    assert ["b0", "b1", "e0", "e1", "b2", "b3"] == order  # e1 overtook the waiting b2, b3
+    assert 0 == slots.in_use
