@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import html as html_lib
 import re
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -49,13 +50,13 @@ def decorate(html: str, text: str, params: Mapping[str, str], keep: set[str]) ->
     mapping: dict[str, str] = {}
 
     def sub(m: re.Match[str]) -> str:
-        raw = m.group(1)
-        url = raw.replace("&amp;", "&")
+        # Any character reference, not only &amp;: Jinja writes ' as &#39; in attributes.
+        url = html_lib.unescape(m.group(1))
         if url in keep:
             return m.group(0)
         tagged = with_utm(url, params)
         mapping[url] = tagged
-        return f'href="{tagged.replace("&", "&amp;")}"'
+        return 'href="' + tagged.replace("&", "&amp;").replace('"', "&quot;") + '"'
 
     html = _HREF.sub(sub, html)
     # Longest first, so a URL that is a prefix of another is not replaced inside it.
