@@ -19,7 +19,7 @@ from service.errors import ConfigError
 from service.events import EventDecoder, TopicBinding, check_envelope
 from service.idempotency import open_store
 from service.kafka import TransactionalProducer
-from service.mailer import Mailer
+from service.mailer import Mailer, Slots
 from service.metrics import HttpEndpoint, Metrics
 from service.pipeline import Pipeline
 from service.rendering import Renderer
@@ -186,8 +186,9 @@ class Herald:
             store = await stack.enter_async_context(
                 open_store(s.idempotency, in_flight=sum(lane.max_in_flight for lane in lanes))
             )
+            reserved = s.smtp.express_slots if express else 0
             mailer = await stack.enter_async_context(
-                Mailer(s.smtp, self.metrics, express_slots=s.smtp.express_slots if express else 0)
+                Mailer(s.smtp, self.metrics, express_slots=reserved)
             )
             http = await stack.enter_async_context(
                 HttpEndpoint(self.metrics, s.http.host, s.http.port, lambda: self.ready)
@@ -209,6 +210,8 @@ class Herald:
                 metrics=self.metrics,
                 mail=s.mail,
                 express=self.express_priority if express else None,
+                # Two per connection: one on the wire, one rendered and ready to go.
+                turns=Slots(2 * s.smtp.pool_size, 2 * reserved),
             )
             self._consumers = [
                 Consumer(

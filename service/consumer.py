@@ -103,6 +103,10 @@ class Consumer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._consumer = confluent_kafka.Consumer(
             {
+                # Incremental rebalances: a member joining (an instance's second lane, another
+                # instance) takes partitions from the others without revoking all of them, so
+                # in-flight mail elsewhere is not drained and handed back for nothing.
+                "partition.assignment.strategy": "cooperative-sticky",
                 **kafka.librdkafka(),
                 "group.id": kafka.group_id,
                 "enable.auto.commit": False,
