@@ -22,7 +22,7 @@ import pytest
 
 from service.app import Loaded
 from tests.chaos.harness import FULL, QUICK, Run, Scale
-from tests.chaos.infra import DedicatedBroker, RedisServer
+from tests.chaos.infra import DedicatedBroker, RedisServer, dedicated_broker
 from tests.chaos.workload import trapped_templates
 from tests.integration.conftest import kafka_bootstrap
 
@@ -158,15 +158,11 @@ def chaos_redis_url(tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[DedicatedBroker]:
-    """A broker this scenario may stop and start without disturbing any other test."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        pytest.skip(
-            "KAFKA_BOOTSTRAP_SERVERS points at an existing cluster; the broker-restart scenario "
-            "needs a broker of its own (deploy/kafka/broker.sh) to stop and start"
-        )
-    broker = DedicatedBroker(tmp_path / "kafka")
-    broker.start()
-    try:
+    """A broker this scenario may stop and start, or add a stopped node to, without
+    disturbing any other test."""
+    needs = (
+        "the broker-restart and results-topic scenarios need a broker of their own "
+        "(deploy/kafka/broker.sh) to stop and start, or to add a stopped node to"
+    )
+    with dedicated_broker(tmp_path / "kafka", needs) as broker:
         yield broker
-    finally:
-        broker.stop()

@@ -3,16 +3,19 @@ to stop and start, and a Redis server for instances that share an idempotency st
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import confluent_kafka
+import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
@@ -37,14 +40,21 @@ def client(bootstrap: str, **conf: Any) -> dict[str, Any]:
 
 
 def create_topics(
-    bootstrap: str, topics: dict[str, int], configs: dict[str, dict[str, str]] | None = None
+    bootstrap: str,
+    topics: dict[str, int],
+    configs: dict[str, dict[str, str]] | None = None,
+    replicas: dict[str, list[list[int]]] | None = None,
 ) -> None:
-    """Create each topic with its partition count (and configs); all must be new."""
+    """Create each topic with its partition count (and configs, and for some the broker ids
+    of each partition's replicas); all must be new."""
     admin = AdminClient(client(bootstrap))
     configs = configs or {}
+    replicas = replicas or {}
     futures = admin.create_topics(
         [
-            NewTopic(t, num_partitions=n, replication_factor=-1, config=configs.get(t, {}))
+            NewTopic(t, n, replica_assignment=replicas[t], config=configs.get(t, {}))
+            if t in replicas
+            else NewTopic(t, num_partitions=n, replication_factor=-1, config=configs.get(t, {}))
             for t, n in topics.items()
         ],
         operation_timeout=30,
@@ -72,8 +82,16 @@ def set_topic_config(bootstrap: str, topic: str, name: str, value: str | None) -
 
 
 def positions(bootstrap: str, group: str, topics: dict[str, int]) -> dict[tuple[str, int], int]:
-    """The group's committed position per partition (-1001 when nothing was committed)."""
-    c = confluent_kafka.Consumer(client(bootstrap, **{"group.id": group}))
+    """The group's committed position per partition (-1001 when nothing was committed).
+
+    Pending transactional offsets are not included. read_committed, librdkafka's default,
+    would ask for stable offsets only (KIP-447), and the broker answers UNSTABLE_OFFSET_COMMIT
+    for as long as a transaction holding offsets for the group is open: the call would block
+    while a transaction waits on the results topic.
+    """
+    c = confluent_kafka.Consumer(
+        client(bootstrap, **{"group.id": group, "isolation.level": "read_uncommitted"})
+    )
     try:
         tps = [TopicPartition(t, p) for t, n in topics.items() for p in range(n)]
         return {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=15)}
@@ -116,6 +134,7 @@ class DedicatedBroker:
             "KAFKA_NUM_PARTITIONS": "3",
         }
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.data_dir = data_dir
         self.log = data_dir / "broker.log"
 
     def _cmd(self, action: str, timeout_s: float) -> None:
@@ -128,6 +147,91 @@ class DedicatedBroker:
 
     def stop(self) -> None:
         self._cmd("stop", 120)
+
+    def register_stopped_broker(self, node_id: int = 2) -> int:
+        """Have a second, broker-only node join this cluster once, then stop it.
+
+        The controller keeps a stopped broker registered (fenced), so replicas can still be
+        assigned to it: a partition on [1, node_id] then has an in-sync replica set of one
+        for good. Kafka 4.1 caps a partition's effective `min.insync.replicas` at its
+        replication factor (`Partition.effectiveMinIsr`), so on a single node this is how a
+        topic gets below its minimum ISR. New partitions are never placed on a fenced broker.
+        """
+        node = self.data_dir / f"node-{node_id}"
+        (node / "logs").mkdir(parents=True, exist_ok=True)
+        meta = (self.data_dir / "logs" / "meta.properties").read_text()
+        cluster_id = next(
+            line.split("=", 1)[1] for line in meta.splitlines() if line.startswith("cluster.id=")
+        )
+        port = free_port()
+        props = node / "server.properties"
+        props.write_text(
+            f"""process.roles=broker
+node.id={node_id}
+controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={node / "logs"}
+"""
+        )
+        libdir = subprocess.run(
+            [str(BROKER), "libdir"], env=self._env, check=True, capture_output=True, text=True
+        ).stdout.strip()
+        java_home = os.environ.get("JAVA_HOME")
+        java = [
+            str(Path(java_home) / "bin" / "java") if java_home else "java",
+            "-Xms64m",
+            "-Xmx256m",
+            f"-Dlog4j2.configurationFile={BROKER.parent / 'log4j2.properties'}",
+            "-cp",
+            f"{libdir}/*",
+        ]
+        subprocess.run(
+            [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        log_path = node / "broker.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [*java, "kafka.Kafka", str(props)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 120
+            while b"Kafka Server started" not in log_path.read_bytes():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"broker {node_id} did not start; see {log_path}")
+                time.sleep(0.2)
+        finally:
+            proc.terminate()  # controlled shutdown: fenced, still registered
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return node_id
+
+
+@contextlib.contextmanager
+def dedicated_broker(data_dir: Path, needs: str) -> Iterator[DedicatedBroker]:
+    """A broker of the test's own for the block; the test is skipped, saying what it `needs`
+    the broker for, when KAFKA_BOOTSTRAP_SERVERS points at an existing cluster."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip(f"KAFKA_BOOTSTRAP_SERVERS points at an existing cluster; {needs}")
+    broker = DedicatedBroker(data_dir)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 class RedisServer:
