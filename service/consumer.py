@@ -43,6 +43,7 @@ TP = tuple[str, int]
 Handler = Callable[[RawRecord], Awaitable[Handled]]
 _BATCH = 500
 _POLL_S = 0.1
+_WATCH_S = 1.0
 
 
 class FatalConsumerError(Exception):
@@ -307,17 +308,23 @@ class Consumer:
         group = self._group
         self._log.debug("committing", records=len(records), offsets=len(offsets))
         try:
+            producer = self.producer
             call = asyncio.ensure_future(
-                _on_daemon_thread(self.producer.commit, records, offsets, group)
+                _on_daemon_thread(producer.commit, records, offsets, group)
             )
-            finished, _ = await asyncio.wait([call], timeout=self.producer.stuck_after_s)
-            if not finished:
-                # Seen after a broker restart: send_offsets_to_transaction never returning.
-                # Leave that client to its thread; a new one fences it and takes over.
-                self._log.warning("transaction stuck; starting a new transactional client")
-                self._metrics.transactions.labels("aborted").inc()
-                self.producer = await _on_daemon_thread(self.producer.fresh)
-                return
+            # Watched, not timed: a commit waiting for a partition to take writes again gets
+            # an answer from librdkafka every few seconds and may rightly last minutes. Only
+            # a call that does not return is stuck.
+            while not call.done():
+                await asyncio.wait([call], timeout=min(_WATCH_S, producer.stuck_after_s / 4))
+                if not call.done() and producer.stalled_s > producer.stuck_after_s:
+                    # Seen after a broker restart: send_offsets_to_transaction never returning.
+                    # Leave that client to its thread; a new one fences it and takes over.
+                    self._log.warning("transaction stuck; starting a new transactional client")
+                    self._metrics.transactions.labels("aborted").inc()
+                    call.add_done_callback(_abandoned)
+                    self.producer = await _on_daemon_thread(producer.fresh)
+                    return
             call.result()
         except TransactionFailed as exc:
             self._metrics.transactions.labels("aborted").inc()
@@ -449,6 +456,12 @@ async def _on_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 
     threading.Thread(target=run, name="herald-txn", daemon=True).start()
     return await done
+
+
+def _abandoned(call: asyncio.Future[None]) -> None:
+    """A commit left to its thread ends in an error nobody waits for any more: take it."""
+    if not call.cancelled():
+        call.exception()
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import confluent_kafka
 import structlog
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from service.errors import ProducerFenced, TransactionFailed
 from service.logs import KAFKA_LOGGER
 
 log = structlog.get_logger("herald.kafka")
+_ABORT_BACKOFF_S = 0.25
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,9 +42,23 @@ class TransactionalProducer:
     within any useful time. Rather than wait on it, the client is closed and a new one is
     started with the same transactional id: `init_transactions` then aborts whatever the old
     one left open (KIP-98), and the records go again in the next transaction.
+
+    A partition that takes no writes for a while (below `min.insync.replicas`) is different:
+    every call keeps answering, with retriable errors, until the broker can finish the
+    transaction, so the producer goes on asking rather than giving up (`stalled_s` tells the
+    two apart for the consumer's watch).
     """
 
-    def __init__(self, conf: dict[str, Any], transactional_id: str, timeout_ms: int) -> None:
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        transactional_id: str,
+        timeout_ms: int,
+        *,
+        init_deadline_s: float = 60.0,
+        client: Callable[[dict[str, Any]], Any] = confluent_kafka.Producer,
+    ) -> None:
+        """`client` makes the confluent-kafka producer (tests pass a scripted one)."""
         self._conf = {
             **conf,
             "transactional.id": transactional_id,
@@ -53,23 +68,44 @@ class TransactionalProducer:
             "linger.ms": 5,
             "logger": KAFKA_LOGGER,
         }
+        self._timeout_s = timeout_ms / 1000
         # Bounded so a stuck transaction is noticed well before the broker would expire it.
-        self._settle_s = min(timeout_ms / 1000, 20.0)
-        self._producer = confluent_kafka.Producer(self._conf)
+        self._settle_s = min(self._timeout_s, 20.0)
+        self._init_deadline_s = init_deadline_s
+        self._client = client
+        self._producer = client(self._conf)
         self._lock = threading.Lock()
+        self._returned_at = time.monotonic()
 
     def init(self) -> None:
-        """Register the transactional id, aborting whatever a previous incarnation left open."""
-        deadline = time.monotonic() + 60
+        """Register the transactional id, aborting whatever a previous incarnation left open.
+
+        CONCURRENT_TRANSACTIONS means the broker is still completing this id's previous
+        transaction: its markers cannot be written yet, e.g. while a partition it wrote to is
+        below `min.insync.replicas`. The broker retries them until they can be, and no client
+        can hurry that, so it is waited for however long it takes. Other retriable errors
+        give up after `init_deadline_s`.
+        """
+        began = time.monotonic()
+        deadline = began + self._init_deadline_s
         while True:
             try:
                 self._producer.init_transactions(10)
+                self._returned()
                 return
             except KafkaException as exc:
+                self._returned()
                 err = exc.args[0]
+                previous_open = err.code() == KafkaError.CONCURRENT_TRANSACTIONS
+                if previous_open:
+                    deadline = time.monotonic() + self._init_deadline_s
                 if err.fatal() or not err.retriable() or time.monotonic() > deadline:
                     raise ProducerFenced(f"init_transactions failed: {err.str()}") from exc
-                log.warning("init_transactions failed; trying again", error=err.str())
+                log.warning(
+                    "init_transactions failed; trying again",
+                    error=err.str(),
+                    waited_s=round(time.monotonic() - began, 1),
+                )
 
     def commit(
         self, records: Sequence[Outbound], offsets: list[TopicPartition], group: Any
@@ -83,29 +119,51 @@ class TransactionalProducer:
         """
         with self._lock:
             p = self._producer
+            self._returned()
+            committing = False
             try:
                 p.begin_transaction()
                 for r in records:
                     self._produce(r)
                 if offsets:
-                    self._again(lambda: p.send_offsets_to_transaction(offsets, group, 5))
-                self._again(lambda: p.commit_transaction(5))
+                    self._again(
+                        lambda: p.send_offsets_to_transaction(offsets, group, 5), self._settle_s
+                    )
+                committing = True
+                # A commit waiting on a partition that takes no writes (below
+                # min.insync.replicas, no leader) settles by itself: librdkafka caps
+                # message.timeout.ms at transaction.timeout.ms, and a message that times out
+                # makes the transaction abortable. Until then it refuses an abort ("commit_
+                # transaction API call is already in progress"), so the commit is resumed.
+                self._again(lambda: p.commit_transaction(5), self._timeout_s + self._settle_s)
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.fatal() and "fenced" in err.str().lower():
                     raise ProducerFenced(f"producer fenced: {err.str()}") from exc
-                if err.fatal() or not self._abort():
+                unsettled = committing and not err.txn_requires_abort()
+                if err.fatal() or unsettled or not self._abort():
                     self._renew(err.str())
                 raise TransactionFailed(f"transaction not committed: {err.str()}") from exc
 
-    def _again(self, call: Any) -> None:
-        """Repeat a retriable transactional call until it succeeds or time is up."""
-        deadline = time.monotonic() + self._settle_s
+    @property
+    def stalled_s(self) -> float:
+        """How long since a librdkafka call of this client last returned, with or without
+        an error. Calls have timeouts of 10 s at most: a long silence means a stuck call."""
+        return time.monotonic() - self._returned_at
+
+    def _returned(self) -> None:
+        self._returned_at = time.monotonic()
+
+    def _again(self, call: Any, settle_s: float) -> None:
+        """Repeat a retriable transactional call until it succeeds or `settle_s` is up."""
+        deadline = time.monotonic() + settle_s
         while True:
             try:
                 call()
+                self._returned()
                 return
             except KafkaException as exc:
+                self._returned()
                 err = exc.args[0]
                 if not err.retriable() or err.txn_requires_abort() or time.monotonic() > deadline:
                     raise
@@ -125,34 +183,43 @@ class TransactionalProducer:
         while True:
             try:
                 self._producer.abort_transaction(5)
+                self._returned()
                 return True
             except KafkaException as exc:
+                self._returned()
                 err = exc.args[0]
                 if err.fatal() or time.monotonic() > deadline:
                     return False
                 if not err.retriable():
                     return True  # no transaction in progress: nothing to abort
+                time.sleep(_ABORT_BACKOFF_S)  # some refusals come back at once
 
     def fresh(self) -> TransactionalProducer:
         """A new client with the same transactional id, initialised; leaves this one alone,
         which may be stuck inside a call (init_transactions fences it)."""
         other = TransactionalProducer.__new__(TransactionalProducer)
-        other._conf, other._settle_s = self._conf, self._settle_s
-        other._producer = confluent_kafka.Producer(self._conf)
+        other._conf, other._timeout_s, other._settle_s = self._conf, self._timeout_s, self._settle_s
+        other._init_deadline_s, other._client = self._init_deadline_s, self._client
+        other._producer = self._client(self._conf)
         other._lock = threading.Lock()
+        other._returned_at = time.monotonic()
         other.init()
         return other
 
     @property
     def stuck_after_s(self) -> float:
-        """A commit taking longer than this is stuck inside librdkafka, timeouts or not."""
+        """A commit during which no call has returned for this long is stuck inside
+        librdkafka, timeouts or not."""
         return 3 * self._settle_s + 10
 
     def _renew(self, why: str) -> None:
         log.warning("transactional producer renewed", reason=why)
-        old, self._producer = self._producer, confluent_kafka.Producer(self._conf)
+        old, self._producer = self._producer, self._client(self._conf)
         old.purge()
-        old.close()
+        # Closed on a thread of its own: close() finishes the abort left open, which can wait
+        # as long as the broker cannot write the markers. The new client's init_transactions
+        # fences it meanwhile.
+        threading.Thread(target=_close, args=(old,), name="herald-txn-close", daemon=True).start()
         self.init()
 
     def close(self) -> None:
@@ -166,3 +233,11 @@ class TransactionalProducer:
             self._producer.close()
         finally:
             self._lock.release()
+
+
+def _close(client: Any) -> None:
+    """Close a client that was given up on; what it reports is no longer of interest."""
+    try:
+        client.close()
+    except Exception as exc:  # e.g. RuntimeWarning raised as an error: its abort failed
+        log.debug("replaced transactional client closed with an error", error=str(exc))

@@ -1,0 +1,111 @@
+"""The consumer's watch over a commit in progress: a client that keeps answering is waited for,
+however long the commit takes; one that goes silent inside a call is replaced."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import TopicPartition
+
+from service.consumer import Consumer
+from service.events import RawRecord
+from service.kafka import Outbound, TransactionalProducer
+from service.metrics import Metrics
+from service.pipeline import Handled
+from service.retries import RetryPolicy
+from service.settings import KafkaSettings, ProcessingSettings, RetrySettings
+
+STUCK_AFTER_S = 0.4
+TP = ("events", 0)
+
+
+class Idle:
+    """A confluent-kafka producer that has nothing to say."""
+
+    def __init__(self, conf: dict[str, Any]) -> None:
+        self.conf = conf
+
+    def init_transactions(self, timeout: float) -> None:
+        pass
+
+
+class SlowCommit(TransactionalProducer):
+    """Commits after `commit_s`; meanwhile its client answers every 50 ms, or says nothing."""
+
+    def __init__(self, commit_s: float, *, answering: bool) -> None:
+        super().__init__({}, "tid", 1000, client=Idle)
+        self.commit_s = commit_s
+        self.answering = answering
+        self.commits = 0
+
+    def commit(
+        self, records: Sequence[Outbound], offsets: list[TopicPartition], group: Any
+    ) -> None:
+        self._returned()
+        deadline = time.monotonic() + self.commit_s
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            if self.answering:
+                self._returned()  # e.g. commit_transaction timing out, resumed
+        self.commits += 1
+
+    @property
+    def stuck_after_s(self) -> float:
+        return STUCK_AFTER_S
+
+
+async def _never(raw: RawRecord) -> Handled:
+    raise AssertionError("no record is consumed here")
+
+
+@pytest.fixture
+def make_consumer() -> Iterator[Any]:
+    made: list[Consumer] = []
+
+    def build(producer: TransactionalProducer) -> Consumer:
+        consumer = Consumer(
+            KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+            ProcessingSettings(),
+            [TP[0]],
+            _never,
+            producer,
+            RetryPolicy(RetrySettings()),
+            Metrics(),
+        )
+        # One finished record, owed a commit.
+        consumer._tracker.track(TP, 0)
+        consumer._tracker.done(TP, 0)
+        consumer._done[TP] = {0: []}
+        made.append(consumer)
+        return consumer
+
+    yield build
+    for consumer in made:
+        consumer._consumer.close()
+
+
+async def test_a_long_commit_whose_client_keeps_answering_is_waited_for(make_consumer: Any) -> None:
+    """Three times the stuck threshold, with answers throughout: the same client commits."""
+    producer = SlowCommit(3 * STUCK_AFTER_S, answering=True)
+    consumer = make_consumer(producer)
+
+    await consumer._commit()
+
+    assert consumer.producer is producer
+    assert 1 == producer.commits
+    assert 1 == consumer._tracker.position(TP)
+
+
+async def test_a_commit_silent_past_the_threshold_gets_a_new_client(make_consumer: Any) -> None:
+    """No call returning for longer than the threshold: a new client takes over, nothing is
+    marked committed."""
+    producer = SlowCommit(3 * STUCK_AFTER_S, answering=False)
+    consumer = make_consumer(producer)
+
+    await consumer._commit()
+
+    assert consumer.producer is not producer
+    assert consumer._tracker.position(TP) is None
