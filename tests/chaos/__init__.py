@@ -1,2 +1,2 @@
 """Fault-injection (chaos) suite: Herald under kill -9, rebalances, broker and SMTP faults,
-an unwritable results topic and poison records; see docs/reliability.md."""
+an unavailable results topic and poison records; see docs/reliability.md."""

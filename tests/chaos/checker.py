@@ -35,7 +35,8 @@ NOT_DELIVERED = frozenset({"FAILED", "DEAD_LETTERED", "SUPPRESSED"})
 class Seen:
     outcome: dict[str, Any]
     timestamp_ms: int
-    """The outcome record's Kafka timestamp (set when Herald produced it)."""
+    """The outcome record's Kafka timestamp: when Herald produced it, or when the broker appended
+    it on a results topic with `message.timestamp.type=LogAppendTime`."""
     arrived: float
     """time.monotonic() when the watcher read it."""
 

@@ -101,6 +101,8 @@ class Chaos:
         bootstrap: str | None = None,
         backend: str = "sqlite",
         redis_url: str | None = None,
+        results_replicas: list[list[int]] | None = None,
+        results_config: dict[str, str] | None = None,
     ) -> Run:
         run = Run(
             scenario=scenario,
@@ -112,6 +114,8 @@ class Chaos:
             templates=self.templates,
             backend=backend,
             redis_url=redis_url,
+            results_replicas=results_replicas,
+            results_config=results_config,
         )
         self.runs.append(run)
         return run

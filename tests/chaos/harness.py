@@ -50,7 +50,11 @@ class Scale:
     kills: int
     rebalances: int
     fault_s: float
-    """Length of one fault window (SMTP down, broker stopped, results topic refused, …)."""
+    """Length of one fault window (SMTP down, broker stopped, …)."""
+    outage_s: float
+    """How long the results topic takes no writes. At full scale longer than Herald's
+    transaction timeout plus its 60 s init deadline: the broker, not Herald, decides when the
+    transaction caught by it ends."""
     drain_timeout_s: float
     """How long after the last fault every outcome may take to arrive."""
     poison_each: int
@@ -75,8 +79,8 @@ TUNING = {
 }
 """Herald's knobs, shortened to test time; `CHAOS_HERALD_<GROUP>__<KEY>` overrides any."""
 
-QUICK = Scale("quick", 300, 3, 2, 3.0, 60.0, 2, 1, 100.0, 240)
-FULL = Scale("full", 4000, 8, 3, 20.0, 300.0, 25, 2, 150.0, 1500)
+QUICK = Scale("quick", 300, 3, 2, 3.0, 3.0, 60.0, 2, 1, 100.0, 240)
+FULL = Scale("full", 4000, 8, 3, 20.0, 90.0, 300.0, 25, 2, 150.0, 1500)
 
 
 def capabilities() -> dict[str, bool]:
@@ -115,6 +119,8 @@ class Run:
         templates: Path,
         backend: str = "sqlite",
         redis_url: str | None = None,
+        results_replicas: list[list[int]] | None = None,
+        results_config: dict[str, str] | None = None,
     ) -> None:
         self.scenario = scenario
         self.scale = scale
@@ -138,6 +144,8 @@ class Run:
         self._backend = backend
         self._redis_url = redis_url
         self._templates = templates
+        self._results_replicas = results_replicas
+        self._results_config = results_config or {}
         self._producer: threading.Thread | None = None
         self._producer_error: BaseException | None = None
         self._stop_producing = threading.Event()
@@ -155,7 +163,12 @@ class Run:
         idle = {self.prefix + table.topic_of(e): 1 for e in table.events}
         topics = {**idle, **self.input_topics, self.results_topic: 3, self.dead_letter_topic: 3}
         big = {"max.message.bytes": HUGE_TOPIC_BYTES}
-        infra.create_topics(self.bootstrap, topics, dict.fromkeys(self.input_topics, big))
+        configs = {
+            **dict.fromkeys(self.input_topics, big),
+            self.results_topic: self._results_config,
+        }
+        replicas = {self.results_topic: self._results_replicas} if self._results_replicas else {}
+        infra.create_topics(self.bootstrap, topics, configs, replicas)
         self.smtp.__enter__()
         return self
 
