@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 import email.utils
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from email.header import Header
 
 from service.errors import HeaderInjectionError, InvalidRecipientError
 from service.rendering import Rendered
@@ -15,6 +14,10 @@ from service.routing import Notification
 from service.settings import MailSettings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_PIECE = re.compile(r" *[^ ]+| +")
+"""A word with the spaces before it: a header folds before one (RFC 5322 2.2.3)."""
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
+"""RFC 5322 atext: a display-name word that needs no quotes."""
 _ADDR = re.compile(r"^[^@\s\"(),:;<>\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
 """Deliberately plain addr-spec: dot-atom local part and a hostname; quoted forms are refused."""
 
@@ -49,24 +52,97 @@ def _checked_address(value: str) -> str:
     return value
 
 
+def _fold(col: int, pieces: list[str], width: int) -> tuple[str, int]:
+    """`pieces` joined, with CRLF before any piece that starts with a space where the line
+    would pass `width` columns; `col` is the column the first one starts at. Returns the text
+    and its longest line. Unfolding (removing the CRLFs) gives the joined pieces back."""
+    out: list[str] = []
+    longest = 0
+    for piece in pieces:
+        if out and col + len(piece) > width and piece[:1] == " " and piece.strip():
+            out.append("\r\n")
+            longest, col = max(longest, col), 0
+        out.append(piece)
+        col += len(piece)
+    return "".join(out), max(longest, col)
+
+
+def _encoded_words(text: str, first: int) -> list[str]:
+    """RFC 2047 B encoded-words of UTF-8 `text`, each a piece for `_fold`: at most 75
+    characters (the first at most `first`), cut between characters, never inside one."""
+    data, pos = text.encode(), 0
+    words: list[str] = []
+    room = max(first, 20)  # 20: room for one 4-byte character
+    while pos < len(data):
+        end = pos + (min(room, 75) - 12) // 4 * 3
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            end -= 1
+        code = binascii.b2a_base64(data[pos:end], newline=False).decode()
+        words.append(f"{' ' if words else ''}=?utf-8?b?{code}?=")
+        pos, room = end, 75
+    return words
+
+
 def _header_text(name: str, value: str) -> str:
-    """Unstructured header value: as is when short ASCII, else RFC 2047 encoded-words, folded
-    to 78 columns (RFC 5322 2.1.1) with CRLF + space continuations."""
-    if value.isascii() and len(name) + len(value) < 76:
-        return value
-    charset = "us-ascii" if value.isascii() else "utf-8"
-    return Header(value, charset, header_name=name).encode(linesep="\r\n")
+    """Unstructured header value: as is, folded at spaces to 78 columns (RFC 5322 2.1.1),
+    when ASCII; else RFC 2047 encoded-words, lines of 76 at most (RFC 2047 2)."""
+    col = len(name) + 2
+    if value.isascii() and "=?" not in value:  # "=?" would be read as an encoded-word
+        text, longest = _fold(col, _PIECE.findall(value), 78)
+        if longest <= 998:
+            return text
+    return _fold(col, _encoded_words(value, 76 - col), 76)[0]
 
 
-def _address(display_name: str, addr: str) -> str:
-    """`Name <addr>`, with the name quoted or RFC 2047-encoded as it needs."""
-    name = display_name.strip()
-    return email.utils.formataddr((name, addr), charset="utf-8") if name else addr
+def _address(name: str, display_name: str, addr: str) -> str:
+    """`Display Name <addr>` for header `name`: the display name as atoms, quoted, or
+    encoded-words, as it needs, folded."""
+    phrase = display_name.strip()
+    col = len(name) + 2
+    if not phrase:
+        return addr
+    if phrase.isascii():
+        plain = phrase
+        if "=?" in phrase or not all(_ATOM.fullmatch(word) for word in phrase.split(" ")):
+            # Quoted; "=\?" keeps a reader from taking "=?…?=" for an encoded-word.
+            quoted = phrase.replace("\\", "\\\\").replace('"', '\\"').replace("=?", "=\\?")
+            plain = f'"{quoted}"'
+        text, longest = _fold(col, [*_PIECE.findall(plain), f" <{addr}>"], 78)
+        if longest <= 998:
+            return text
+    return _fold(col, [*_encoded_phrase(phrase, 76 - col), f" <{addr}>"], 76)[0]
+
+
+def _encoded_phrase(phrase: str, first: int) -> list[str]:
+    """A display name as atoms and encoded-words, pieces for `_fold`.
+
+    Plain words stay atoms and each run of other words becomes as few encoded-words as fit:
+    RFC 2047 6.2 has readers drop the space between two adjacent encoded-words, while
+    CPython's parser puts one there (python/cpython#128110), so both read a space between
+    an atom and an encoded-word the same, and a run that fits one encoded-word too.
+    """
+    runs: list[tuple[bool, str]] = []
+    for word in phrase.split(" "):
+        if len(word) <= 75 and _ATOM.fullmatch(word) and "=?" not in word:
+            runs.append((False, word))
+        elif runs and runs[-1][0]:
+            runs[-1] = (True, f"{runs[-1][1]} {word}")
+        else:
+            runs.append((True, word))
+    pieces: list[str] = []
+    for encode, text in runs:
+        words = _encoded_words(text, first if not pieces else 75) if encode else [text]
+        pieces += [f"{' ' if pieces else ''}{words[0].lstrip()}", *words[1:]]
+    return pieces
 
 
 def _base64(text: str) -> bytes:
-    """Base64 in 76-column CRLF lines: 7-bit safe, and no line can start with a dot."""
-    return base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+    """Base64 in 76-column CRLF lines: 7-bit safe, and no line can start with a dot. One
+    b2a_base64 over the body, then slices: `encodebytes` loops in Python every 57 bytes."""
+    data = binascii.b2a_base64(text.encode("utf-8"), newline=False)
+    if not data:
+        return b""
+    return b"\r\n".join([data[i : i + 76] for i in range(0, len(data), 76)]) + b"\r\n"
 
 
 def compose(n: Notification, r: Rendered, mail: MailSettings, now: datetime) -> Email:
@@ -81,8 +157,8 @@ def compose(n: Notification, r: Rendered, mail: MailSettings, now: datetime) -> 
     # Base64 bodies never contain "=_", so this boundary cannot occur inside a part.
     boundary = f"=_herald_{n.idempotency_key}"
     headers = [
-        f"From: {_address(mail.from_name, mail.from_address)}",
-        f"To: {_address(_checked_name(n.recipient.display_name, 'display name'), to_addr)}",
+        f"From: {_address('From', mail.from_name, mail.from_address)}",
+        f"To: {_address('To', _checked_name(n.recipient.display_name, 'display name'), to_addr)}",
     ]
     if mail.reply_to:
         headers.append(f"Reply-To: {mail.reply_to}")

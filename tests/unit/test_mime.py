@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
+import re
 from datetime import UTC, datetime
+from email.header import decode_header
 
 import pytest
 from hypothesis import given, settings
@@ -146,9 +149,135 @@ def test_message_parses_back_to_what_was_rendered(
     m = compose(n, Rendered(subject=subject, html=html, text=text, locale="fr"), MAIL, NOW)
     msg = _parse(m.data)
     assert subject == msg["Subject"]
-    assert (name or "").strip() == msg["To"].addresses[0].display_name
+    _assert_display_name_reads_back((name or "").strip(), m.data, msg)
     assert "ada@example.com" == msg["To"].addresses[0].addr_spec
     assert text == msg.get_body(("plain",)).get_content()
     assert html == msg.get_body(("html",)).get_content()
     assert all(len(line) <= 998 for line in m.data.split(b"\r\n"))
     assert not any(line.startswith(b".") for line in m.data.split(b"\r\n"))
+
+
+_ENCODED_WORD = re.compile(r"=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=")
+
+
+def _raw_header(data: bytes, name: str) -> str:
+    """A header's value as sent, unfolded (RFC 5322 2.2.3: a CRLF before whitespace goes)."""
+    head = data.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    lines = re.sub(r"\r\n(?=[ \t])", "", head).split("\r\n")
+    return next(line.split(": ", 1)[1] for line in lines if line.startswith(f"{name}: "))
+
+
+def _rfc2047_text(value: str) -> str:
+    """`value` read per RFC 2047 6.2: encoded-words decoded, whitespace between two adjacent
+    ones ignored (the standard library's `decode_header` does this)."""
+    return "".join(
+        part if isinstance(part, str) else part.decode(charset or "ascii")
+        for part, charset in decode_header(value)
+    )
+
+
+def _assert_display_name_reads_back(
+    name: str, data: bytes, msg: email.message.EmailMessage
+) -> None:
+    """The display name reads back exactly: through CPython's parser, and where that parser
+    departs from RFC 2047 (it puts a space between adjacent encoded-words, python/cpython#128110,
+    and turns a run of whitespace inside one into a space), through an RFC 2047 reading of the
+    raw phrase."""
+    raw = _raw_header(data, "To")
+    parsed = msg["To"].addresses[0].display_name
+    if not name:
+        assert "ada@example.com" == raw
+        return
+    phrase = raw[: raw.rindex(" <")]
+    if phrase.startswith('"'):  # a quoted-string: CPython reads it as written
+        assert name == parsed
+        return
+    assert name == _rfc2047_text(phrase)
+    if not re.search(r"\?=\s+=\?", phrase) and not re.search(r"\s\s", name):
+        assert name == parsed
+
+
+def _assert_header_lines_fit(data: bytes) -> None:
+    """RFC 5322 2.1.1: lines of From, To and Subject within 78 columns, unless one word is
+    longer; RFC 2047 2: encoded-words of 75 characters at most, on lines of 76, each of whole
+    UTF-8 characters."""
+    field = ""
+    for line in data.split(b"\r\n\r\n", 1)[0].decode("ascii").split("\r\n"):
+        field = field if line[:1] in (" ", "\t") else line.split(":", 1)[0]
+        if field not in ("From", "To", "Subject"):
+            continue
+        words = _ENCODED_WORD.findall(line)
+        assert len(line) <= (76 if words else 78) or " " not in line.split(": ", 1)[-1].strip()
+        for code in words:
+            assert len(code) + 12 <= 75
+            base64.b64decode(code).decode("utf-8")  # raises if a character was cut
+
+
+_PIECES = st.sampled_from(
+    [*"aZé ß-.,'\"\\@<>()", "  ", "中文字", "日本語の名前", "😀", "👩‍👩‍👧", "Ünïcödé", "=?", "word"]
+)
+_LONG = st.lists(_PIECES, min_size=1, max_size=60).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=st.one_of(_LONG, _line), name=st.one_of(_LONG, _line))
+def test_long_non_ascii_subjects_and_names_are_encoded_and_fold(subject: str, name: str) -> None:
+    """Property (RFC 2047, RFC 5322 2.1.1): long subjects and display names with accents,
+    CJK, emoji and ZWJ sequences, quotes and specials read back exactly; encoded-words stay
+    within 75 characters, cut between characters, and header lines within 76/78 columns."""
+    subject = subject.strip() or "s"
+    n = _bare(name, "0123456789abcdef" * 2)
+    m = compose(n, Rendered(subject=subject, html="h", text="t", locale="fr"), MAIL, NOW)
+    msg = _parse(m.data)
+    assert subject == msg["Subject"]
+    _assert_display_name_reads_back(name.strip(), m.data, msg)
+    _assert_header_lines_fit(m.data)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        # Longer than one encoded-word (45 bytes of UTF-8): the case of python/cpython#128110.
+        "Marie-Bérénice-Amélie Rosemonde Dûbois-Bénard de Saint-Hélène-sur-Mér",
+        "Dr. Zoë O'Brien-Łukasiewicz, Jr.",
+        "José 🎉 Smith",
+        "Renée",
+        "=?utf-8?b?w6k=?=",  # text, not an encoded-word
+    ],
+)
+def test_display_names_standard_library_readers_agree_on(name: str) -> None:
+    """Plain words stay atoms and short runs of others one encoded-word, so CPython's parser,
+    which departs from RFC 2047 6.2 between adjacent encoded-words, reads these exactly."""
+    m = compose(_bare(name, "k" * 32), PARTS, MAIL, NOW)
+    assert name == _parse(m.data)["To"].addresses[0].display_name
+    assert not re.search(r"\?=\s+=\?", _raw_header(m.data, "To"))
+    _assert_display_name_reads_back(name, m.data, _parse(m.data))
+    _assert_header_lines_fit(m.data)
+
+
+@pytest.mark.parametrize("subject", ["=?utf-8?b?w6k=?=", "Prix : 12 € =?x?q?y?= " + "é" * 80])
+def test_subject_that_looks_encoded_reads_back_as_written(subject: str) -> None:
+    """ASCII "=?…?=" in a subject is text: it is encoded so that no reader decodes it."""
+    parts = Rendered(subject=subject, html="h", text="t", locale="fr")
+    m = compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)
+    assert subject == _parse(m.data)["Subject"]
+    _assert_header_lines_fit(m.data)
+
+
+def test_long_ascii_subject_folds_at_spaces_without_encoding() -> None:
+    """An ASCII subject over 78 columns is folded, not encoded, and unfolds to itself."""
+    subject = "Security alert: the email address of your Herald Demo account was changed today"
+    parts = Rendered(subject=subject, html="h", text="t", locale="en")
+    m = compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)
+    assert b"=?" not in m.data.split(b"\r\n\r\n", 1)[0]
+    assert subject == _raw_header(m.data, "Subject") == _parse(m.data)["Subject"]
+    _assert_header_lines_fit(m.data)
+
+
+def test_body_base64_is_what_encodebytes_gave() -> None:
+    """One b2a_base64 sliced into 76 columns is byte for byte the old encodebytes output."""
+    for text in ["", "é", "x" * 57, "x" * 58, "<p>é</p>\n" * 500]:
+        parts = Rendered(subject="s", html=text, text=text, locale="fr")
+        data = compose(_bare("Ada", "k" * 32), parts, MAIL, NOW).data
+        body = base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
+        assert 2 == data.count(b"base64\r\n\r\n" + body + b"\r\n--")
