@@ -1007,6 +1007,12 @@ class Renderer:
                 "set HERALD_LINKS__UNSUBSCRIBE_SECRET, or drop {token} from "
                 "HERALD_LINKS__UNSUBSCRIBE_URL",
             )
+        self._found = {
+            loc: frozenset(d.name for d in (directory / loc).iterdir() if (d / PARTS[0]).is_file())
+            for loc in self.locales
+        }
+        """Templates of each locale: those with a subject.txt, as render() used to look for."""
+        self._template_locale = lru_cache(maxsize=4096)(self._first_locale)
         self.loader = FileSystemLoader(directory)
         self._env = self._environment(self.loader)
         self._inliner = css_inline.CSSInliner(load_remote_stylesheets=False)
@@ -1069,12 +1075,15 @@ class Renderer:
             chain.append(self.default_locale)
         return chain
 
+    def _first_locale(self, tag: str, template: str) -> str | None:
+        """First locale of `tag`'s chain that has `template`, from the tree read at load:
+        render() used to stat subject.txt on every mail."""
+        return next((loc for loc in self.locale_chain(tag) if template in self._found[loc]), None)
+
     def render(self, n: Notification) -> Rendered:
         """Render all three parts in the first locale of the chain that has the template."""
-        for loc in self.locale_chain(n.recipient.locale):
-            if (self._dir / loc / n.template / "subject.txt").is_file():
-                break
-        else:
+        loc = self._template_locale(n.recipient.locale, n.template)
+        if loc is None:
             raise RenderError(f"template {n.template!r} exists in no locale")
         unsubscribe = (
             unsubscribe_url(

@@ -165,3 +165,15 @@ def test_text_templates_use_the_fast_wordwrap(loaded: Loaded) -> None:
     """The filter the text parts call is the fast one (a regression would cost 0.6 ms a mail)."""
     template = loaded.renderer._env.get_template("en/order_receipt/body.txt")
     assert _wordwrap is template.environment.filters["wordwrap"]
+
+
+def test_template_lookup_reads_the_tree_once_at_load(loaded: Loaded, tmp_path: Path) -> None:
+    """Which locale has which template is read at load, not stat'ed per mail: once compiled,
+    a template renders with the directory gone; fallback still follows the locale chain."""
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    shutil.rmtree(tmp_path / "templates" / "fr" / "account_activation")
+    renderer = Renderer(tmp_path / "templates", BrandSettings())
+    first = _render(loaded, "user.signed_up", renderer=renderer, locale="fr-CA")
+    assert "en" == first.locale  # fr lacks the template: the chain's next locale
+    shutil.rmtree(tmp_path / "templates")
+    assert first == _render(loaded, "user.signed_up", renderer=renderer, locale="fr-CA")
