@@ -585,6 +585,7 @@ class _Preinliner:
         self._complex: list[str] = []
         self.style = lru_cache(maxsize=4096)(self._probe)
         """Inline style of an element from its tag, class, id, style, data-css-inline."""
+        self._attribute = lru_cache(maxsize=4096)(self._style_markup)
 
     def add(self, name: str) -> bool:
         """Prepare `name` and every file it uses; False if it must be inlined per message."""
@@ -916,7 +917,12 @@ class _Preinliner:
         self, tag: str, cls: object, ident: object, style: object, keep: object
     ) -> Markup:
         """` style="…"` for an element whose attributes hold Jinja, once they are rendered."""
-        css = self.style(tag, _raw(cls), _raw(ident), _raw(style), _raw(keep))
+        return self._attribute(tag, _raw(cls), _raw(ident), _raw(style), _raw(keep))
+
+    def _style_markup(
+        self, tag: str, cls: str | None, ident: str | None, style: str | None, keep: str | None
+    ) -> Markup:
+        css = self.style(tag, cls, ident, style, keep)
         return Markup("") if css is None else Markup(' style="{}"').format(css)
 
     def _probe(
