@@ -2,7 +2,8 @@
 
 Templates live in `templates/<locale>/<template>/{subject.txt,body.html,body.txt}` and are
 compiled once. The environment is sandboxed, HTML is autoescaped and a missing variable raises:
-event data is only ever context, never template source.
+event data is only ever context, never template source. The layout's CSS is inlined into each
+HTML template's source when the Renderer is built, not into every mail (see `_Preinliner`).
 """
 
 from __future__ import annotations
