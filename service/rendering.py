@@ -32,7 +32,6 @@ from jinja2 import (
     Environment,
     FileSystemLoader,
     StrictUndefined,
-    TemplateError,
     TemplateNotFound,
     meta,
     nodes,
@@ -595,7 +594,8 @@ class _Preinliner:
         except _Unsafe as exc:
             self.reasons[name] = str(exc)
             return False
-        except (TemplateError, OSError, UnicodeDecodeError) as exc:
+        except Exception as exc:  # whatever it is, per-message inlining is right
+            # A template Jinja cannot compile fails here too; render() reports it as before.
             self.reasons[name] = f"{type(exc).__name__}: {exc}"
             return False
         return True

@@ -20,6 +20,7 @@ import css_inline
 import pytest
 
 from service.app import Loaded, load
+from service.errors import RenderError
 from service.links import decorate
 from service.rendering import Renderer
 from service.routing import Notification, route
@@ -259,3 +260,15 @@ def test_utm_tagging_reads_hrefs_as_jinja_writes_them() -> None:
     tagged = "https://shop.example/p?q=it%27s&x=%221%22&utm_medium=email"
     assert f'<a href="{tagged.replace("&", "&amp;")}">p</a>' == h
     assert f"{tagged}\n" == t
+
+
+def test_a_template_jinja_cannot_parse_is_reported_by_render_as_before(
+    loaded: Loaded, tmp_path: Path
+) -> None:
+    """The analysis at load never stops Herald: the broken template is left to per-message
+    inlining, and rendering it raises the RenderError it always did."""
+    edits = {RECEIPT: (ANCHOR, f"{ANCHOR}{{% if %}}")}
+    new, _ = _renderers(project_settings(), _mutated(tmp_path, edits))
+    assert "TemplateSyntaxError" in new.css_fallbacks["en/order_receipt"]
+    with pytest.raises(RenderError, match="TemplateSyntaxError"):
+        new.render(_notification(loaded, "order.confirmed", "order_receipt", locale="en"))
