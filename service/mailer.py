@@ -144,6 +144,22 @@ def _map_smtp_errors(phase: str) -> Iterator[None]:
         raise err from exc
 
 
+_BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LEADING_DOT = re.compile(rb"(?m)^\.")
+
+
+def _on_the_wire(data: bytes) -> bytes:
+    """The message as DATA carries it (RFC 5321 4.5.2): CRLF line ends, a leading dot
+    doubled, the final dot. The two fixes cost a regex pass each, so they run only if needed."""
+    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
+        data = _BARE_LINE_END.sub(b"\r\n", data)
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    if data.startswith(b".") or b"\n." in data:
+        data = _LEADING_DOT.sub(b"..", data)
+    return data + b".\r\n"
+
+
 class Slots:
     """The pool's connection slots, handed out express first.
 
@@ -314,8 +330,7 @@ class Mailer:
                     await client.rcpt(message.envelope_to)
                 if before_data is not None:
                     await before_data()
-                with _map_smtp_errors("data"):
-                    reply = await client.data(message.data)
+                reply = await self._data(client, message.data)
                 ok = True
             finally:
                 self._metrics.smtp_seconds.observe(time.perf_counter() - started)
@@ -332,6 +347,33 @@ class Mailer:
             attempts=attempt,
             sent_at=datetime.now(UTC),
         )
+
+    async def _data(self, client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA, then the body as composed. aiosmtplib's `data()` makes two regex passes over
+        every body (line endings, dot-stuffing), about 0.45 ms a mail here; `compose` already
+        writes CRLF lines that never start with a dot, so `_on_the_wire` only checks that.
+
+        A refusal of the DATA command itself, or a connection lost before the 354, happens
+        before any of the message left: that is an envelope failure, not the RFC 1047 window.
+        """
+        with _map_smtp_errors("envelope"):
+            start = await client.execute_command(b"DATA")
+            if start.code != 354:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+        with _map_smtp_errors("data"):
+            protocol = client.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            try:
+                protocol.write(_on_the_wire(data))
+                # No await between the write and read_response: the reply cannot come first.
+                reply = await protocol.read_response(timeout=self._s.timeout_s)
+            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+                client.close()
+                raise
+            if reply.code != 250:
+                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+        return reply
 
     async def _acquire(self, *, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
         while not fresh and self._idle:

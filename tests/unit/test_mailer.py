@@ -176,3 +176,60 @@ async def test_slots_serve_express_first_and_keep_reserved_ones_for_it() -> None
     await asyncio.gather(*bulk, *express)
     assert ["b0", "b1", "e0", "e1", "b2", "b3"] == order  # e1 overtook the waiting b2, b3
     assert 0 == slots.in_use
+
+
+async def test_body_lines_are_carried_exactly_as_composed(server: SmtpServer) -> None:
+    """DATA's own rules, applied by the mailer: a line starting with a dot (one, or the
+    terminator's look-alike) is doubled on the wire and arrives as written; bare LF or CR
+    line ends go out as CRLF."""
+    body = b".leading dot\r\n..two dots\r\n.\r\nmiddle\nbare LF\rbare CR\r\nlast"
+    head = b"From: a@example.com\r\nTo: dots@example.com\r\nSubject: dots\r\n\r\n"
+    email = Email(
+        message_id="<d@x>",
+        envelope_from="a@example.com",
+        envelope_to="dots@example.com",
+        data=head + body,
+    )
+    async with Mailer(_settings(server), Metrics()) as mailer:
+        assert 250 == (await mailer.send(email)).code
+        assert 250 == (await mailer.send(_email("after@example.com", 1))).code  # still in step
+    received = server.received[0].data.replace(b"\r\n", b"\n")
+    expected = (head + body).replace(b"\r\n", b"\n").replace(b"\r", b"\n") + b"\n"
+    assert expected == received
+    assert ["after@example.com"] == server.received[1].envelope_to
+
+
+@pytest.mark.parametrize("answer", [b"451 4.3.0 not now", None])
+async def test_data_command_failing_is_an_envelope_failure_not_unknown(
+    answer: bytes | None,
+) -> None:
+    """Nothing of the message has left before the 354: a 4xx to the DATA command itself, or
+    the connection closed instead of a reply, is transient, never the RFC 1047 window.
+    (aiosmtpd has no hook before its 354, so this server is a few lines of asyncio.)"""
+    replies = {b"EHLO": b"250 ok", b"MAIL": b"250 ok", b"RCPT": b"250 ok"}
+    commands: list[bytes] = []
+    ended = asyncio.Event()
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test\r\n")
+        while line := await reader.readline():
+            verb = line.split()[0].upper()
+            commands.append(verb)
+            if verb == b"DATA" and answer is None:
+                break  # hang up instead of answering
+            writer.write((answer if verb == b"DATA" else replies.get(verb, b"221 bye")) + b"\r\n")
+        writer.close()
+        await writer.wait_closed()
+        ended.set()
+
+    srv = await asyncio.start_server(session, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    settings = SmtpSettings(host="127.0.0.1", port=port, tls="none", timeout_s=5, max_attempts=1)
+    async with srv, Mailer(settings, Metrics()) as mailer:
+        with pytest.raises(TransientDeliveryError) as info:
+            await mailer.send(_email("refused@example.com"))
+        await asyncio.wait_for(ended.wait(), 5)
+    assert not isinstance(info.value, DeliveryUnknownError)
+    assert [b"EHLO", b"MAIL", b"RCPT", b"DATA"] == commands
+    if answer is not None:
+        assert (451, "4.3.0") == (info.value.code, info.value.enhanced_code)
