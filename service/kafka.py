@@ -23,6 +23,8 @@ from service.logs import KAFKA_LOGGER
 
 log = structlog.get_logger("herald.kafka")
 _ABORT_BACKOFF_S = 0.25
+_CALL_S = 5
+"""Timeout of each transactional call; init_transactions gets twice as long."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +92,7 @@ class TransactionalProducer:
         deadline = began + self._init_deadline_s
         while True:
             try:
-                self._producer.init_transactions(10)
+                self._producer.init_transactions(2 * _CALL_S)
                 self._returned()
                 return
             except KafkaException as exc:
@@ -127,7 +129,8 @@ class TransactionalProducer:
                     self._produce(r)
                 if offsets:
                     self._again(
-                        lambda: p.send_offsets_to_transaction(offsets, group, 5), self._settle_s
+                        lambda: p.send_offsets_to_transaction(offsets, group, _CALL_S),
+                        self._settle_s,
                     )
                 committing = True
                 # A commit waiting on a partition that takes no writes (below
@@ -135,7 +138,7 @@ class TransactionalProducer:
                 # message.timeout.ms at transaction.timeout.ms, and a message that times out
                 # makes the transaction abortable. Until then it refuses an abort ("commit_
                 # transaction API call is already in progress"), so the commit is resumed.
-                self._again(lambda: p.commit_transaction(5), self._timeout_s + self._settle_s)
+                self._again(lambda: p.commit_transaction(_CALL_S), self._timeout_s + self._settle_s)
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.fatal() and "fenced" in err.str().lower():
@@ -148,7 +151,7 @@ class TransactionalProducer:
     @property
     def stalled_s(self) -> float:
         """How long since a librdkafka call of this client last returned, with or without
-        an error. Calls have timeouts of 10 s at most: a long silence means a stuck call."""
+        an error: a long silence means a call stuck inside librdkafka."""
         return time.monotonic() - self._returned_at
 
     def _returned(self) -> None:
@@ -176,13 +179,14 @@ class TransactionalProducer:
                 return
             except BufferError:
                 self._producer.poll(0.05)  # local queue full: serve delivery reports
+                self._returned()
 
     def _abort(self) -> bool:
         """Abort the open transaction; False if it could not be settled in time."""
         deadline = time.monotonic() + self._settle_s
         while True:
             try:
-                self._producer.abort_transaction(5)
+                self._producer.abort_transaction(_CALL_S)
                 self._returned()
                 return True
             except KafkaException as exc:
@@ -208,9 +212,9 @@ class TransactionalProducer:
 
     @property
     def stuck_after_s(self) -> float:
-        """A commit during which no call has returned for this long is stuck inside
-        librdkafka, timeouts or not."""
-        return 3 * self._settle_s + 10
+        """A commit during which no call has returned for this long (three times the longest
+        timeout a call is given) is stuck inside librdkafka, timeouts notwithstanding."""
+        return 3 * 2 * _CALL_S
 
     def _renew(self, why: str) -> None:
         log.warning("transactional producer renewed", reason=why)
