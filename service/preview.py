@@ -18,7 +18,10 @@ from service.examples import example_event
 from service.rendering import Rendered
 from service.routing import Notification, route
 
-_PREHEADER = re.compile(r'<div class="preheader"[^>]*>(.*?)(?:&#847;|</div>)', re.S)
+_PREHEADER = re.compile(r'<div class="preheader"[^>]*>(.*?)</div>', re.S)
+_FILLER = re.compile(r"[\s\u034f\u200c]+$")
+"""The layout's invisible filler after the preheader, `&#847;&zwnj;&nbsp;` over and over, once
+decoded: templates write references, css_inline wrote characters (\\s includes NBSP)."""
 _TAGS = re.compile(r"<[^>]+>")
 
 
@@ -32,8 +35,10 @@ class Page:
 
     @property
     def preheader(self) -> str:
+        """Decoded before the filler is cut, so that a template whose CSS is inlined per mail
+        (characters) and one inlined at load (references) show the same preview text."""
         m = _PREHEADER.search(self.rendered.html)
-        return html.unescape(_TAGS.sub("", m.group(1))).strip() if m else ""
+        return _FILLER.sub("", html.unescape(_TAGS.sub("", m.group(1)))).strip() if m else ""
 
 
 def render_all(loaded: Loaded, examples: Path) -> list[Page]:

@@ -22,6 +22,7 @@ import pytest
 from service.app import Loaded, load
 from service.errors import RenderError
 from service.links import decorate
+from service.preview import Page
 from service.rendering import Renderer
 from service.routing import Notification, route
 from service.settings import Settings
@@ -260,6 +261,23 @@ def test_utm_tagging_reads_hrefs_as_jinja_writes_them() -> None:
     tagged = "https://shop.example/p?q=it%27s&x=%221%22&utm_medium=email"
     assert f'<a href="{tagged.replace("&", "&amp;")}">p</a>' == h
     assert f"{tagged}\n" == t
+
+
+def test_the_gallery_preheader_is_the_same_however_the_filler_is_spelt(
+    loaded: Loaded, renderers: dict[str, tuple[Renderer, Renderer]]
+) -> None:
+    """The layout's filler after the preheader stays `&#847;&zwnj;&nbsp;` as templates write
+    it, where css_inline wrote characters: the gallery shows the preheader alone either way."""
+    n = _notification(loaded, "order.confirmed", "order_receipt", locale="en")
+    new, old = (r.render(n) for r in renderers["default"])
+    assert "&#847;&zwnj;&nbsp;" in new.html
+    assert "\u034f\u200c&nbsp;" in old.html
+    pages = [
+        Page(file="p", event_type="order.confirmed", notification=n, locale="en", rendered=r)
+        for r in (new, old)
+    ]
+    preheader = "Thanks for your order! Total paid: €42.85. Here is your receipt."
+    assert [preheader, preheader] == [p.preheader for p in pages]
 
 
 def test_a_template_jinja_cannot_parse_is_reported_by_render_as_before(
