@@ -25,6 +25,7 @@ import babel
 import babel.dates
 import babel.numbers
 import css_inline
+import structlog
 from jinja2 import (
     BaseLoader,
     Environment,
@@ -42,6 +43,8 @@ from service.errors import ConfigError, HeaderInjectionError, RenderError
 from service.links import decorate, unsubscribe_url
 from service.routing import Notification
 from service.settings import BrandSettings, LinkSettings
+
+log = structlog.get_logger("herald.rendering")
 
 PARTS = ("subject.txt", "body.html", "body.txt")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -277,6 +280,8 @@ class Renderer:
         """`<locale>/<template>` whose CSS was inlined at load; the others inline it per mail."""
         self.css_fallbacks = {name.rsplit("/", 1)[0]: why for name, why in pre.reasons.items()}
         """Why each other template keeps per-message inlining."""
+        for template, why in sorted(self.css_fallbacks.items()):
+            log.warning("css inlined per mail, not at load", template=template, reason=why)
         self._preinlined_env = self._environment(pre.loader(self.loader))
         self._preinlined_env.globals.update(pre.globals)
 

@@ -11,6 +11,7 @@ compared as whole strings: same declarations, same order, same spelling.
 from __future__ import annotations
 
 import shutil
+from collections.abc import MutableMapping
 from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
@@ -237,6 +238,22 @@ def test_a_template_is_inlined_at_load_only_when_that_is_safe(
     _assert_same_mail(
         new, old, _notification(loaded, "order.confirmed", "order_receipt", locale="en")
     )
+
+
+def test_each_template_left_to_per_message_inlining_is_logged_with_why(
+    tmp_path: Path, log_entries: list[MutableMapping[str, Any]]
+) -> None:
+    """One warning a template when the Renderer is built, at start-up, naming the reason."""
+    edits = {RECEIPT: MUTATIONS["jinja-between-attributes"][1][RECEIPT]}
+    Renderer(_mutated(tmp_path, edits), project_settings().brand)
+    assert [
+        {
+            "event": "css inlined per mail, not at load",
+            "template": "en/order_receipt",
+            "reason": "Jinja between attributes",
+            "log_level": "warning",
+        }
+    ] == log_entries
 
 
 def test_a_stylesheet_with_a_descendant_selector_falls_back_everywhere(
