@@ -5,7 +5,8 @@ Every route must have its template in every locale, and every `payload.…`, `re
 templates are parsed, not rendered: paths are followed through the Jinja2 AST, including loop
 variables (`{% for line in payload.lines %}` → `line.sku` is checked against the array's items)
 and `{% set %}` aliases. What cannot be typed statically (macro parameters, filter results) is
-left to the render-time StrictUndefined.
+left to the render-time StrictUndefined. Templates whose CSS is inlined into every mail rather
+than once at load are named too, as warnings: they work, at ~0.6 ms a mail.
 """
 
 from __future__ import annotations
@@ -281,6 +282,15 @@ def check(loaded: Loaded) -> list[Problem]:
                             continue
                         _Checker(types, payload, name, problems).visit(env.parse(source, name))
     return problems
+
+
+def css_fallbacks(loaded: Loaded) -> list[Problem]:
+    """What works but costs: each template whose CSS is inlined into every mail rather than
+    once at load, and why (the layout's comment says what keeps it at load)."""
+    return [
+        Problem(f"{name}/body.html", f"CSS inlined per mail, not at load (~0.6 ms a mail): {why}")
+        for name, why in sorted(loaded.renderer.css_fallbacks.items())
+    ]
 
 
 def _source(renderer: Any, name: str) -> Iterator[str | None]:

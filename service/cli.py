@@ -56,9 +56,11 @@ def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, _: argparse.Namespace) -> int:
     """Configuration, then every route's templates in every locale against its event schema."""
     from service.app import load
-    from service.checks import check
+    from service.checks import check, css_fallbacks
 
     loaded = load(settings)
+    for warning in css_fallbacks(loaded):
+        sys.stderr.write(f"herald check: warning: {warning}\n")
     problems = check(loaded)
     for problem in problems:
         sys.stderr.write(f"herald check: {problem}\n")
