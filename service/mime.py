@@ -123,7 +123,15 @@ def _encoded_phrase(phrase: str, first: int) -> list[str]:
     """
     runs: list[tuple[bool, str]] = []
     for word in phrase.split(" "):
-        if len(word) <= 75 and _ATOM.fullmatch(word) and "=?" not in word:
+        # After a run of spaces the spaces live inside an encoded-word, so what follows
+        # joins it: between two pieces a reader sees one space, or none.
+        after_gap = bool(runs) and runs[-1][0] and runs[-1][1][-1:] in ("", " ")
+        if not word:  # two spaces in a row
+            if runs and runs[-1][0]:
+                runs[-1] = (True, runs[-1][1] + " ")
+            else:
+                runs.append((True, ""))
+        elif not after_gap and len(word) <= 75 and _ATOM.fullmatch(word) and "=?" not in word:
             runs.append((False, word))
         elif runs and runs[-1][0]:
             runs[-1] = (True, f"{runs[-1][1]} {word}")
