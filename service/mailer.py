@@ -1,19 +1,17 @@
-"""Delivery: messages go out over a pool of persistent SMTP connections (aiosmtplib).
+"""Delivery: messages go out over a pool of persistent SMTP connections, express mail first,
+with a few quick retries and a circuit breaker for a server that is down as a whole.
 
-Reply codes are classified once, in `_map_smtp_errors`: 4xx and lost connections are transient,
-5xx permanent, and a connection lost after the message body was handed over is *unknown*
-(RFC 1047): the server may have accepted it, so it is never resent blindly.
+The conversation itself (replies classified, pipelining, the body on the wire) is in
+`service.smtp`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -22,17 +20,15 @@ import structlog
 
 from service.errors import (
     DeliveryError,
-    DeliveryUnknownError,
-    PermanentDeliveryError,
     SmtpUnavailable,
     TransientDeliveryError,
 )
 from service.metrics import Metrics
 from service.mime import Email
 from service.settings import SmtpSettings
+from service.smtp import Connection, Stale, enhanced_code, map_smtp_errors
 
 log = structlog.get_logger("herald.mailer")
-_ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,20 +40,6 @@ class Delivery:
     text: str
     attempts: int
     sent_at: datetime
-
-
-def enhanced_code(text: str) -> str | None:
-    """RFC 3463 status at the start of a reply text, e.g. `5.1.1`."""
-    m = _ENHANCED.match(text.strip())
-    return m.group(1) if m else None
-
-
-def classify(code: int, text: str) -> DeliveryError:
-    """4xx is worth another try later; anything else that is not 2xx is final (RFC 5321 4.2.1)."""
-    cls = TransientDeliveryError if 400 <= code < 500 else PermanentDeliveryError
-    err = cls(f"SMTP {code}", code=code, enhanced_code=enhanced_code(text), text=text[:500])
-    err.server_wide = code == 421  # RFC 5321 3.8: the service is shutting down
-    return err
 
 
 class CircuitBreaker:
@@ -112,52 +94,6 @@ class CircuitBreaker:
         # The condition is time itself (and a probe's fate), so a short poll is the simplest.
         while not self._ready():  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-
-
-@contextmanager
-def _map_smtp_errors(phase: str) -> Iterator[None]:
-    """Translate aiosmtplib's exceptions into ours, once."""
-    try:
-        yield
-    except aiosmtplib.SMTPResponseException as exc:
-        if phase != "connect":
-            raise classify(exc.code, exc.message) from exc
-        # Greeting refused or AUTH failed: the server or our credentials, not this message.
-        err = TransientDeliveryError(
-            f"connect: SMTP {exc.code}",
-            code=exc.code,
-            enhanced_code=enhanced_code(exc.message),
-            text=exc.message[:500],
-        )
-        err.server_wide = True
-        raise err from exc
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        first = exc.recipients[0]
-        raise classify(first.code, first.message) from exc
-    except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-        if phase == "data":
-            raise DeliveryUnknownError(
-                f"connection lost after the message was sent: {type(exc).__name__}"
-            ) from exc
-        err = TransientDeliveryError(f"{phase}: {type(exc).__name__}: {exc}")
-        err.server_wide = phase == "connect"
-        raise err from exc
-
-
-_BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-
-
-def _on_the_wire(data: bytes) -> bytes:
-    """The message as DATA carries it (RFC 5321 4.5.2): CRLF line ends, a leading dot
-    doubled, the final dot. The two fixes cost a regex pass each, so they run only if needed."""
-    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
-        data = _BARE_LINE_END.sub(b"\r\n", data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    if data.startswith(b".") or b"\n." in data:
-        data = _LEADING_DOT.sub(b"..", data)
-    return data + b".\r\n"
 
 
 class Slots:
@@ -222,7 +158,7 @@ class Mailer:
         """`express_slots`: connections kept for express mail (0 when there is no express lane)."""
         self._s = settings
         self._metrics = metrics
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[Connection] = []
         self._slots = Slots(settings.pool_size, express_slots)
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
 
@@ -234,11 +170,11 @@ class Mailer:
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
-        for client in idle:
+        for conn in idle:
             try:
-                await asyncio.wait_for(client.quit(), timeout=2)
+                await asyncio.wait_for(conn.quit(), timeout=2)
             except Exception:  # closing anyway; a QUIT refused changes nothing
-                client.close()
+                conn.close()
 
     def _client(self) -> aiosmtplib.SMTP:
         s = self._s
@@ -311,33 +247,26 @@ class Mailer:
     ) -> Delivery:
         await self._slots.acquire(express)
         try:
-            client, reused = await self._acquire()
+            conn, reused = await self._acquire()
             started = time.perf_counter()
             ok = False
             try:
                 try:
-                    with _map_smtp_errors("envelope"):
-                        await client.mail(message.envelope_from)
-                except TransientDeliveryError:
+                    reply = await conn.transaction(message, before_data)
+                except Stale:
                     if not reused:
                         raise
                     # An idle connection the server timed out; not the message's fault.
-                    client.close()
-                    client, reused = await self._acquire(fresh=True)
-                    with _map_smtp_errors("envelope"):
-                        await client.mail(message.envelope_from)
-                with _map_smtp_errors("envelope"):
-                    await client.rcpt(message.envelope_to)
-                if before_data is not None:
-                    await before_data()
-                reply = await self._data(client, message.data)
+                    conn.close()
+                    conn, reused = await self._acquire(fresh=True)
+                    reply = await conn.transaction(message, before_data)
                 ok = True
             finally:
                 self._metrics.smtp_seconds.observe(time.perf_counter() - started)
                 if ok:
-                    self._idle.append(client)
+                    self._idle.append(conn)
                 else:
-                    client.close()
+                    conn.close()
         finally:
             self._slots.release(express)
         return Delivery(
@@ -348,39 +277,18 @@ class Mailer:
             sent_at=datetime.now(UTC),
         )
 
-    async def _data(self, client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
-        """DATA, then the body as composed. aiosmtplib's `data()` makes two regex passes over
-        every body (line endings, dot-stuffing), about 0.45 ms a mail here; `compose` already
-        writes CRLF lines that never start with a dot, so `_on_the_wire` only checks that.
-
-        A refusal of the DATA command itself, or a connection lost before the 354, happens
-        before any of the message left: that is an envelope failure, not the RFC 1047 window.
-        """
-        with _map_smtp_errors("envelope"):
-            start = await client.execute_command(b"DATA")
-            if start.code != 354:
-                raise aiosmtplib.SMTPDataError(start.code, start.message)
-        with _map_smtp_errors("data"):
-            protocol = client.protocol
-            if protocol is None:
-                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-            try:
-                protocol.write(_on_the_wire(data))
-                # No await between the write and read_response: the reply cannot come first.
-                reply = await protocol.read_response(timeout=self._s.timeout_s)
-            except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
-                client.close()
-                raise
-            if reply.code != 250:
-                raise aiosmtplib.SMTPDataError(reply.code, reply.message)
-        return reply
-
-    async def _acquire(self, *, fresh: bool = False) -> tuple[aiosmtplib.SMTP, bool]:
+    async def _acquire(self, *, fresh: bool = False) -> tuple[Connection, bool]:
         while not fresh and self._idle:
-            client = self._idle.pop()
-            if client.is_connected:
-                return client, True
+            conn = self._idle.pop()
+            if conn.alive:
+                return conn, True
+            conn.close()
         client = self._client()
-        with _map_smtp_errors("connect"):
+        with map_smtp_errors("connect"):
             await client.connect()
-        return client, False
+            if client.is_ehlo_or_helo_needed:  # without TLS or AUTH, connect() sends none
+                try:
+                    await client.ehlo()  # the extensions decide how transactions go
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
+        return Connection(client, self._s.timeout_s), False

@@ -47,6 +47,16 @@ class RecordingHandler:
     flaky_seen: dict[str, int] = field(default_factory=dict)
     data_started: list[list[str]] = field(default_factory=list)
     """Recipients of every DATA the server began, received or not."""
+    pipelining: bool = False
+    """Offer PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads pipelined commands."""
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: Any
@@ -80,8 +90,8 @@ class RecordingHandler:
 class SmtpServer:
     """Context manager running the recording server on a free port."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.handler = RecordingHandler()
+    def __init__(self, port: int | None = None, *, pipelining: bool = False) -> None:
+        self.handler = RecordingHandler(pipelining=pipelining)
         self.port = port or free_port()
         self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
 

@@ -14,16 +14,18 @@ from service.errors import (
     SmtpUnavailable,
     TransientDeliveryError,
 )
-from service.mailer import Mailer, Slots, classify, enhanced_code
+from service.mailer import Mailer, Slots
 from service.metrics import Metrics
 from service.mime import Email
 from service.settings import SmtpSettings
+from service.smtp import classify, enhanced_code
 from tests.smtp_server import SmtpServer, TlsSmtpServer
 
 
-@pytest.fixture
-def server() -> Iterator[SmtpServer]:
-    with SmtpServer() as s:
+@pytest.fixture(params=[False, True], ids=["sequential", "pipelining"])
+def server(request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """Every exchange both ways: command by command, and pipelined (RFC 2920)."""
+    with SmtpServer(pipelining=request.param) as s:
         yield s
 
 
@@ -61,6 +63,8 @@ async def test_accepted_over_a_pooled_connection(server: SmtpServer) -> None:
     metrics = Metrics()
     async with Mailer(_settings(server), metrics) as mailer:
         results = [await mailer.send(_email(f"user{i}@example.com", i)) for i in range(5)]
+        # One connection, reused; pipelined exactly when the server offers it.
+        assert [server.handler.pipelining] == [c.pipelining for c in mailer._idle]
     assert [250] * 5 == [r.code for r in results]
     assert "2.0.0" == results[0].enhanced_code
     assert [f"user{i}@example.com" for i in range(5)] == [r.envelope_to[0] for r in server.received]
@@ -199,14 +203,16 @@ async def test_body_lines_are_carried_exactly_as_composed(server: SmtpServer) ->
     assert ["after@example.com"] == server.received[1].envelope_to
 
 
-@pytest.mark.parametrize("answer", [b"451 4.3.0 not now", None])
+@pytest.mark.parametrize("pipelining", [False, True], ids=["sequential", "pipelining"])
+@pytest.mark.parametrize("answer", [b"451 4.3.0 not now", None], ids=["451", "hang-up"])
 async def test_data_command_failing_is_an_envelope_failure_not_unknown(
-    answer: bytes | None,
+    answer: bytes | None, pipelining: bool
 ) -> None:
     """Nothing of the message has left before the 354: a 4xx to the DATA command itself, or
     the connection closed instead of a reply, is transient, never the RFC 1047 window.
     (aiosmtpd has no hook before its 354, so this server is a few lines of asyncio.)"""
-    replies = {b"EHLO": b"250 ok", b"MAIL": b"250 ok", b"RCPT": b"250 ok"}
+    ehlo = b"250-ok\r\n250 PIPELINING" if pipelining else b"250 ok"
+    replies = {b"EHLO": ehlo, b"MAIL": b"250 ok", b"RCPT": b"250 ok"}
     commands: list[bytes] = []
     ended = asyncio.Event()
 
