@@ -51,3 +51,34 @@ def test_from_address_must_be_a_plain_address(monkeypatch: pytest.MonkeyPatch, v
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert "HERALD_MAIL__FROM_ADDRESS" == info.value.key
+
+
+def test_every_setting_is_in_the_readme_with_its_default() -> None:
+    """The README's configuration tables cannot drift from `Settings`: each variable has a
+    row, and the row shows the field's default (secrets and collections excepted)."""
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    from service.settings import ENV_PREFIX, Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {
+        line.split("|")[1].strip().strip("`"): line
+        for line in readme.splitlines()
+        if line.startswith(f"| `{ENV_PREFIX}")
+    }
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        subs = (
+            group.model_fields if isinstance(group, type) and issubclass(group, BaseModel) else {}
+        )
+        for sub, sub_field in subs.items() or [(None, field)]:
+            var = ENV_PREFIX + name.upper() + (f"__{sub.upper()}" if sub else "")
+            assert var in rows, f"README has no row for {var}"
+            default = sub_field.default
+            if isinstance(default, bool | int | float | str) and not isinstance(default, bool):
+                shown = f"`{default}`" if default != "" else "(empty)"
+                assert f"| {shown} |" in rows[var], (
+                    f"README row of {var} does not show its default {default!r}"
+                )
