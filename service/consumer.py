@@ -44,6 +44,8 @@ Handler = Callable[[RawRecord], Awaitable[Handled]]
 _BATCH = 500
 _POLL_S = 0.1
 _WATCH_S = 1.0
+_UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+"""Errors by which the consumer reports a broker it could not reach."""
 
 
 class FatalConsumerError(Exception):
@@ -102,6 +104,9 @@ class Consumer:
         self._group: Any = None
         """Consumer group metadata for send_offsets_to_transaction, read on the consumer thread."""
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._unreachable_at = time.monotonic()
+        """When the consumer last failed to reach a broker (monotonic): before that, a silent
+        transactional client may only be waiting for one."""
         self._consumer = confluent_kafka.Consumer(
             {
                 # Incremental rebalances: a member joining (an instance's second lane, another
@@ -317,7 +322,7 @@ class Consumer:
             # a call that does not return is stuck.
             while not call.done():
                 await asyncio.wait([call], timeout=min(_WATCH_S, producer.stuck_after_s / 4))
-                if not call.done() and producer.stalled_s > producer.stuck_after_s:
+                if not call.done() and self._stuck(producer):
                     # Seen after a broker restart: send_offsets_to_transaction never returning.
                     # Leave that client to its thread; a new one fences it and takes over.
                     self._log.warning("transaction stuck; starting a new transactional client")
@@ -339,6 +344,15 @@ class Consumer:
             done = self._done.get(tp, {})
             for offset in [o for o in done if o < pos]:
                 del done[offset]
+
+    def _stuck(self, producer: TransactionalProducer) -> bool:
+        """Silent for longer than any call may take; or, with the brokers reachable all that
+        time, for longer than any call takes then (finding 8 in docs/reliability.md)."""
+        silent_s = producer.stalled_s
+        reachable_s = time.monotonic() - self._unreachable_at
+        return silent_s > producer.stuck_after_s or (
+            min(silent_s, reachable_s) > producer.stuck_reachable_after_s
+        )
 
     # Rebalance callbacks run on the consumer thread, inside consume() or close().
 
@@ -429,6 +443,8 @@ class Consumer:
                     self._metrics.consumer_lag.labels(topic, pid).set(max(0, end - committed))
 
     def _on_error(self, err: KafkaError) -> None:
+        if err.code() in _UNREACHABLE:
+            self._unreachable_at = time.monotonic()
         self._log.warning("kafka client error", error=err.str(), code=err.name())
 
 

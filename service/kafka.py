@@ -213,8 +213,20 @@ class TransactionalProducer:
     @property
     def stuck_after_s(self) -> float:
         """A commit during which no call has returned for this long (three times the longest
-        timeout a call is given) is stuck inside librdkafka, timeouts notwithstanding."""
+        timeout a call is given) is stuck inside librdkafka, timeouts notwithstanding.
+
+        While no broker can be reached, a call may rightly take up to `transaction.timeout.ms`
+        (librdkafka retries its request until then): this bound holds whatever the brokers do.
+        """
         return 3 * 2 * _CALL_S
+
+    @property
+    def stuck_reachable_after_s(self) -> float:
+        """The same with the brokers reachable throughout: then every call answers within
+        its own timeout (the longest is 2 * _CALL_S), so twice that is enough. After a broker
+        restart, a call can stop answering for good (librdkafka #5456, #5511; finding 8), and
+        the replacement may be caught the same way: each one must cost little."""
+        return 2 * 2 * _CALL_S
 
     def _renew(self, why: str) -> None:
         log.warning("transactional producer renewed", reason=why)

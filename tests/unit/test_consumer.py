@@ -3,12 +3,13 @@ however long the commit takes; one that goes silent inside a call is replaced.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from service.consumer import Consumer
 from service.events import RawRecord
@@ -19,6 +20,7 @@ from service.retries import RetryPolicy
 from service.settings import KafkaSettings, ProcessingSettings, RetrySettings
 
 STUCK_AFTER_S = 0.4
+STUCK_REACHABLE_AFTER_S = 0.2
 TP = ("events", 0)
 
 
@@ -55,6 +57,10 @@ class SlowCommit(TransactionalProducer):
     @property
     def stuck_after_s(self) -> float:
         return STUCK_AFTER_S
+
+    @property
+    def stuck_reachable_after_s(self) -> float:
+        return STUCK_REACHABLE_AFTER_S
 
 
 async def _never(raw: RawRecord) -> Handled:
@@ -109,3 +115,44 @@ async def test_a_commit_silent_past_the_threshold_gets_a_new_client(make_consume
 
     assert consumer.producer is not producer
     assert consumer._tracker.position(TP) is None
+
+
+async def test_a_silent_client_with_the_broker_reachable_is_replaced_sooner(
+    make_consumer: Any,
+) -> None:
+    """Silent past the shorter threshold while no broker was unreachable: replaced before the
+    longer one, so that a replacement caught the same way still leaves time for a third."""
+    producer = SlowCommit(0.3, answering=False)  # between the two thresholds
+    consumer = make_consumer(producer)
+    consumer._unreachable_at = time.monotonic() - 10
+
+    await consumer._commit()
+
+    assert consumer.producer is not producer
+    assert consumer._tracker.position(TP) is None
+
+
+async def test_a_silent_client_while_brokers_are_unreachable_is_waited_for(
+    make_consumer: Any,
+) -> None:
+    """Silent past the shorter threshold while the consumer cannot reach a broker: the client
+    may only be waiting for it (librdkafka retries until the transaction timeout), so it is
+    left alone until the longer one."""
+    producer = SlowCommit(0.3, answering=False)
+    consumer = make_consumer(producer)
+    down = KafkaError(KafkaError._TRANSPORT, "Connect to 127.0.0.1:9092 failed")
+
+    async def broker_down() -> None:
+        while True:
+            consumer._on_error(down)
+            await asyncio.sleep(0.05)
+
+    reporting = asyncio.create_task(broker_down())
+    try:
+        await consumer._commit()
+    finally:
+        reporting.cancel()
+
+    assert consumer.producer is producer
+    assert 1 == producer.commits
+    assert 1 == consumer._tracker.position(TP)
