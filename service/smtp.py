@@ -103,6 +103,7 @@ def _first_command() -> Iterator[None]:
         if isinstance(exc, Stale):
             raise
         stale = Stale(str(exc), code=exc.code, enhanced_code=exc.enhanced_code, text=exc.text)
+        stale.server_wide = exc.server_wide  # a 421 still tells the breaker the server is down
         raise stale from exc
 
 

@@ -203,39 +203,67 @@ async def test_body_lines_are_carried_exactly_as_composed(server: SmtpServer) ->
     assert ["after@example.com"] == server.received[1].envelope_to
 
 
+class ScriptedServer:
+    """A few lines of asyncio speaking just enough SMTP, for replies aiosmtpd cannot give
+    (it has no hook before its 354, nor for MAIL's reply class). `None` hangs up."""
+
+    def __init__(self, replies: dict[bytes, bytes | None], *, pipelining: bool) -> None:
+        ehlo = b"250-ok\r\n250 PIPELINING" if pipelining else b"250 ok"
+        self.replies = {b"EHLO": ehlo, b"MAIL": b"250 ok", b"RCPT": b"250 ok", **replies}
+        self.commands: list[bytes] = []
+        self.ended = asyncio.Event()
+        self.port = 0
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 test\r\n")
+        while line := await reader.readline():
+            verb = line.split()[0].upper()
+            self.commands.append(verb)
+            reply = self.replies.get(verb, b"221 bye")
+            if reply is None:
+                break  # hang up instead of answering
+            writer.write(reply + b"\r\n")
+        writer.close()
+        await writer.wait_closed()
+        self.ended.set()
+
+    async def serve(self) -> asyncio.Server:
+        server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+
 @pytest.mark.parametrize("pipelining", [False, True], ids=["sequential", "pipelining"])
 @pytest.mark.parametrize("answer", [b"451 4.3.0 not now", None], ids=["451", "hang-up"])
 async def test_data_command_failing_is_an_envelope_failure_not_unknown(
     answer: bytes | None, pipelining: bool
 ) -> None:
     """Nothing of the message has left before the 354: a 4xx to the DATA command itself, or
-    the connection closed instead of a reply, is transient, never the RFC 1047 window.
-    (aiosmtpd has no hook before its 354, so this server is a few lines of asyncio.)"""
-    ehlo = b"250-ok\r\n250 PIPELINING" if pipelining else b"250 ok"
-    replies = {b"EHLO": ehlo, b"MAIL": b"250 ok", b"RCPT": b"250 ok"}
-    commands: list[bytes] = []
-    ended = asyncio.Event()
-
-    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"220 test\r\n")
-        while line := await reader.readline():
-            verb = line.split()[0].upper()
-            commands.append(verb)
-            if verb == b"DATA" and answer is None:
-                break  # hang up instead of answering
-            writer.write((answer if verb == b"DATA" else replies.get(verb, b"221 bye")) + b"\r\n")
-        writer.close()
-        await writer.wait_closed()
-        ended.set()
-
-    srv = await asyncio.start_server(session, "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
-    settings = SmtpSettings(host="127.0.0.1", port=port, tls="none", timeout_s=5, max_attempts=1)
-    async with srv, Mailer(settings, Metrics()) as mailer:
-        with pytest.raises(TransientDeliveryError) as info:
-            await mailer.send(_email("refused@example.com"))
-        await asyncio.wait_for(ended.wait(), 5)
+    the connection closed instead of a reply, is transient, never the RFC 1047 window."""
+    script = ScriptedServer({b"DATA": answer}, pipelining=pipelining)
+    async with await script.serve():
+        settings = SmtpSettings(port=script.port, tls="none", timeout_s=5, max_attempts=1)
+        async with Mailer(settings, Metrics()) as mailer:
+            with pytest.raises(TransientDeliveryError) as info:
+                await mailer.send(_email("refused@example.com"))
+            await asyncio.wait_for(script.ended.wait(), 5)
     assert not isinstance(info.value, DeliveryUnknownError)
-    assert [b"EHLO", b"MAIL", b"RCPT", b"DATA"] == commands
+    assert [b"EHLO", b"MAIL", b"RCPT", b"DATA"] == script.commands
     if answer is not None:
         assert (451, "4.3.0") == (info.value.code, info.value.enhanced_code)
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["sequential", "pipelining"])
+async def test_421_to_mail_feeds_the_breaker(pipelining: bool) -> None:
+    """RFC 5321 3.8: 421 is the service going away, whichever command it answers. As the
+    first command on a fresh connection it must still count against the server."""
+    script = ScriptedServer({b"MAIL": b"421 4.3.2 shutting down"}, pipelining=pipelining)
+    async with await script.serve():
+        settings = SmtpSettings(
+            port=script.port, tls="none", timeout_s=5, max_attempts=3, breaker_threshold=1
+        )
+        async with Mailer(settings, Metrics()) as mailer:
+            with pytest.raises(SmtpUnavailable):
+                await mailer.send(_email("anyone@example.com"))
+            assert mailer.breaker.is_open
+    assert 1 == script.commands.count(b"MAIL")  # the open breaker stopped further tries
