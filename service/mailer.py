@@ -8,6 +8,7 @@ The conversation itself (replies classified, pipelining, the body on the wire) i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -130,7 +131,9 @@ class Slots:
             if fut.done() and not fut.cancelled():
                 self.release(express)  # granted, but its task was cancelled before it ran
             else:
-                self._waiters[express].remove(fut)
+                # A release may have dropped the cancelled future from the queue already.
+                with contextlib.suppress(ValueError):
+                    self._waiters[express].remove(fut)
             raise
 
     def release(self, express: bool) -> None:

@@ -267,3 +267,19 @@ async def test_421_to_mail_feeds_the_breaker(pipelining: bool) -> None:
                 await mailer.send(_email("anyone@example.com"))
             assert mailer.breaker.is_open
     assert 1 == script.commands.count(b"MAIL")  # the open breaker stopped further tries
+
+
+async def test_a_waiter_cancelled_after_a_release_passed_it_leaves_cleanly() -> None:
+    """Found by the rebalance scenario: a revocation cancels waiting records, and a release
+    that runs before their tasks resume drops their futures from the queue first."""
+    slots = Slots(1)
+    await slots.acquire(False)
+    waiter = asyncio.create_task(slots.acquire(False))
+    await asyncio.sleep(0)
+    waiter.cancel()  # its future is cancelled now; the task resumes later
+    slots.release(False)  # pops the cancelled future, grants nobody
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert 0 == slots.in_use
+    await slots.acquire(False)  # the slot is free for the next one
+    assert 1 == slots.in_use
