@@ -299,25 +299,7 @@ def naive(args: argparse.Namespace) -> None:
         rendering._audience.set(
             (babel.Locale.parse(r.locale.replace("-", "_")), ZoneInfo(r.time_zone))
         )
-        ctx = {
-            "recipient": {
-                "user_id": r.user_id,
-                "email": r.email,
-                "display_name": r.display_name,
-                "locale": r.locale,
-                "time_zone": r.time_zone,
-            },
-            "payload": n.event.payload,
-            "event": {
-                "event_id": n.event.event_id,
-                "event_type": n.event.event_type,
-                "occurred_at": n.event.occurred_at,
-            },
-            "brand": brand,
-            "notification": {"type": n.type, "category": str(n.category)},
-            "locale": r.locale,
-            "unsubscribe_url": None,
-        }
+        ctx = {**rendering.template_context(n, brand), "unsubscribe_url": None}
         subject = env.get_template(f"{loc}/{n.template}/subject.txt").render(ctx).strip()
         html = css_inline.inline(env.get_template(f"{loc}/{n.template}/body.html").render(ctx))
         text = env.get_template(f"{loc}/{n.template}/body.txt").render(ctx)

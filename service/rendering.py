@@ -348,7 +348,7 @@ class Renderer:
             if n.category.optional
             else None
         )
-        ctx = self._context(n, loc)
+        ctx = template_context(n, self._brand)
         ctx["unsubscribe_url"] = unsubscribe
         r = n.recipient
         token = _audience.set(
@@ -386,23 +386,25 @@ class Renderer:
             subject=subject, html=html, text=text, locale=loc, unsubscribe_url=unsubscribe
         )
 
-    def _context(self, n: Notification, loc: str) -> dict[str, Any]:
-        r = n.recipient
-        return {
-            "recipient": {
-                "user_id": r.user_id,
-                "email": r.email,
-                "display_name": r.display_name,
-                "locale": r.locale,
-                "time_zone": r.time_zone,
-            },
-            "payload": n.event.payload,
-            "event": {
-                "event_id": n.event.event_id,
-                "event_type": n.event.event_type,
-                "occurred_at": n.event.occurred_at,
-            },
-            "brand": self._brand,
-            "notification": {"type": n.type, "category": str(n.category)},
+
+def template_context(n: Notification, brand: Mapping[str, Any]) -> dict[str, Any]:
+    """What a template sees: plain data of the event and its recipient, never objects."""
+    r = n.recipient
+    return {
+        "recipient": {
+            "user_id": r.user_id,
+            "email": r.email,
+            "display_name": r.display_name,
             "locale": r.locale,
-        }
+            "time_zone": r.time_zone,
+        },
+        "payload": n.event.payload,
+        "event": {
+            "event_id": n.event.event_id,
+            "event_type": n.event.event_type,
+            "occurred_at": n.event.occurred_at,
+        },
+        "brand": brand,
+        "notification": {"type": n.type, "category": str(n.category)},
+        "locale": r.locale,
+    }
