@@ -80,7 +80,8 @@ _LEADING_DOT = re.compile(rb"(?m)^\.")
 def _on_the_wire(data: bytes) -> bytes:
     """The message as DATA carries it (RFC 5321 4.5.2): CRLF line ends, a leading dot
     doubled, the final dot. The two fixes cost a regex pass each, so they run only if needed."""
-    if data.count(b"\n") != data.count(b"\r\n") or data.count(b"\r") != data.count(b"\r\n"):
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
         data = _BARE_LINE_END.sub(b"\r\n", data)
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
@@ -285,6 +286,7 @@ class _Replies(asyncio.Protocol):
             try:
                 await asyncio.wait_for(self._waiter, timeout_s)
             except TimeoutError as exc:
-                self._fail(aiosmtplib.SMTPReadTimeoutError("Timed out waiting for a reply"))
-                raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for a reply") from exc
+                timeout = aiosmtplib.SMTPReadTimeoutError("Timed out waiting for a reply")
+                self._fail(timeout)  # the connection is out of step: close it
+                raise timeout from exc
         return self._ready.popleft()
