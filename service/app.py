@@ -178,7 +178,9 @@ class Herald:
             )
             for lane in lanes
         }
-        await asyncio.gather(*(asyncio.to_thread(p.init) for p in producers.values()))
+        await asyncio.gather(
+            asyncio.to_thread(self._warm), *(asyncio.to_thread(p.init) for p in producers.values())
+        )
         async with AsyncExitStack() as stack:
             for lane in lanes:
                 # The consumer may have replaced a stuck client meanwhile: close its current one.
@@ -248,6 +250,11 @@ class Herald:
                 log.info(
                     "herald stopped", uptime_s=round(time.monotonic() - began, 1), **dict(counts)
                 )
+
+    def _warm(self) -> None:
+        t0 = time.perf_counter()
+        count = self.loaded.renderer.warm()
+        log.info("templates compiled", templates=count, ms=round((time.perf_counter() - t0) * 1000))
 
     def _close_producer(self, lane: str, initial: TransactionalProducer) -> None:
         current = next((c.producer for c in self._consumers if c.lane == lane), initial)

@@ -32,6 +32,7 @@ from jinja2 import (
     FileSystemLoader,
     StrictUndefined,
     TemplateNotFound,
+    TemplateSyntaxError,
     pass_environment,
     select_autoescape,
 )
@@ -214,6 +215,27 @@ def _wrap_chunks(line: str, width: int, break_long_words: bool) -> list[str]:
     return lines
 
 
+_DICT_ATTRIBUTES = frozenset(dir(dict))
+
+
+class _Sandbox(SandboxedEnvironment):
+    """The sandbox, with `payload.field` on a plain dict read as an item straight away.
+
+    Jinja tries the attribute first and reads the item only after an AttributeError: one
+    raised exception per field a template reads, about a tenth of render time here. A plain
+    dict has no attribute but dict's own, so skipping the attempt for any other name returns
+    exactly what Jinja would; `payload.items` still means the method, as it does in Jinja.
+    """
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if type(obj) is dict and attribute not in _DICT_ATTRIBUTES:
+            try:
+                return obj[attribute]
+            except KeyError:
+                return self.undefined(obj=obj, name=attribute)
+        return super().getattr(obj, attribute)
+
+
 class Renderer:
     """Compiled templates for every locale under the templates directory."""
 
@@ -286,7 +308,7 @@ class Renderer:
         self._preinlined_env.globals.update(pre.globals)
 
     def _environment(self, loader: BaseLoader) -> SandboxedEnvironment:
-        env = SandboxedEnvironment(
+        env = _Sandbox(
             loader=loader,
             autoescape=select_autoescape(["html"], default_for_string=False),
             undefined=StrictUndefined,
@@ -306,6 +328,39 @@ class Renderer:
             wordwrap=_wordwrap,
         )
         return env
+
+    def warm(self) -> int:
+        """Compile every template now, so the first mail of each type after a deploy does
+        not wait for it: compiling all of them takes ~0.5 s, and done lazily it lands on
+        the first mails, which are often the ones someone is waiting for. Returns how many
+        were compiled."""
+        count = 0
+        for name in self.loader.list_templates():
+            loc, _, rest = name.partition("/")
+            shared = (name.startswith("_") or rest.startswith("_")) and name.endswith(
+                (".html", ".txt")
+            )
+            if not shared and (loc not in self.locales or name.rsplit("/", 1)[-1] not in PARTS):
+                continue
+            if loc in self.locales:
+                _babel_locale(loc)
+            preinlined = rest.endswith("/body.html") and (
+                f"{loc}/{rest.split('/')[0]}" in self.css_inlined_at_load
+            )
+            envs = [self._env, self._preinlined_env] if shared else []
+            envs = envs or [self._preinlined_env if preinlined else self._env]
+            for env in envs:
+                try:
+                    env.get_template(name)
+                except TemplateSyntaxError as exc:
+                    raise ConfigError(
+                        str(self._dir / name),
+                        f"line {exc.lineno}",
+                        f"template does not compile: {exc.message}",
+                        "fix the template; `herald check` lists every problem",
+                    ) from exc
+                count += 1
+        return count
 
     def missing(self, template: str) -> list[str]:
         """Template files absent for `template`: the default locale must have all three parts,

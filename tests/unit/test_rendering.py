@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from jinja2 import Environment
+from jinja2 import Environment, StrictUndefined, UndefinedError
 from jinja2.filters import do_wordwrap
+from jinja2.sandbox import SandboxedEnvironment
 
 from service.app import Loaded, load
-from service.errors import HeaderInjectionError, RenderError
-from service.rendering import Renderer, _wordwrap
+from service.errors import ConfigError, HeaderInjectionError, RenderError
+from service.rendering import PARTS, Renderer, _Sandbox, _wordwrap
 from service.routing import route
 from service.settings import BrandSettings
 from tests.conftest import ROOT, event_from_example, project_settings
@@ -177,3 +178,65 @@ def test_template_lookup_reads_the_tree_once_at_load(loaded: Loaded, tmp_path: P
     assert "en" == first.locale  # fr lacks the template: the chain's next locale
     shutil.rmtree(tmp_path / "templates")
     assert first == _render(loaded, "user.signed_up", renderer=renderer, locale="fr-CA")
+
+
+_NAMES = st.sampled_from(["items", "keys", "get", "__class__", "__len__", "mro", "amount", "x"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.dictionaries(_NAMES, st.integers() | st.text(max_size=3), max_size=5),
+    name=_NAMES,
+    nested=st.booleans(),
+)
+def test_dict_fields_read_exactly_as_in_jinjas_sandbox(
+    data: dict[str, object], name: str, nested: bool
+) -> None:
+    """Property: `x.name` on a dict gives what Jinja's own sandbox gives, whether the key is
+    there or not, shadows a dict method, or names something unsafe."""
+    path = f"d.inner.{name}" if nested else f"d.{name}"
+    source = "{{ " + path + " }}"
+    context = {"d": {"inner": data} if nested else data}
+
+    def outcome(env: SandboxedEnvironment) -> str:
+        try:
+            return "ok:" + env.from_string(source).render(context)
+        except UndefinedError as exc:
+            return f"undefined:{exc}"
+        except Exception as exc:  # the sandbox's SecurityError, a TypeError...
+            return f"{type(exc).__name__}:{exc}"
+
+    kwargs = {"undefined": StrictUndefined, "autoescape": True}
+    assert outcome(_Sandbox(**kwargs)) == outcome(SandboxedEnvironment(**kwargs))
+
+
+def test_warm_compiles_every_template_before_the_first_mail(loaded: Loaded) -> None:
+    """After `warm()`, no template is compiled while mail is rendered."""
+    renderer = Renderer(ROOT / "templates", BrandSettings())
+    parts = sum(len(renderer._found[loc]) for loc in renderer.locales) * len(PARTS)
+    assert renderer.warm() > parts  # the parts, and the layouts and macros they extend
+    compiled: list[str | None] = []
+    for env in (renderer._env, renderer._preinlined_env):
+        original = env.compile
+
+        def spy(source: str, name: str | None = None, *args: object, original=original) -> object:
+            compiled.append(name)
+            return original(source, name, *args)
+
+        env.compile = spy  # type: ignore[method-assign]
+    for event_type, _ in ROUTES:
+        for locale in ("en", "fr"):
+            _render(loaded, event_type, renderer=renderer, locale=locale)
+    assert compiled == []
+
+
+def test_warm_names_the_template_that_does_not_compile(tmp_path: Path) -> None:
+    """A syntax error stops start-up with the file and line, not the first mail of that type."""
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    text = tmp_path / "templates" / "fr" / "account_activation" / "body.txt"
+    text.write_text("Bonjour\n{% if %}\n")
+    renderer = Renderer(tmp_path / "templates", BrandSettings())
+    with pytest.raises(ConfigError) as caught:
+        renderer.warm()
+    assert str(text) in str(caught.value)
+    assert "line 2" in str(caught.value)
