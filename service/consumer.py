@@ -1,9 +1,12 @@
 """Consumption: records flow from the group into the pipeline, many at once, in key order, and
 what they produce is committed with their offsets in one Kafka transaction.
 
-- Up to `max_in_flight` records are processed or awaiting commit at once; past that, or while
-  the SMTP breaker is open, the partitions are paused (not buffered) and resumed once half the
-  work has drained. Polling goes on while paused, so `max.poll.interval.ms` is never tripped.
+- Up to `max_in_flight` records are processed at once, and up to `_UNCOMMITTED_PER_SLOT` times
+  that many finished ones wait for their commit; past either, or while the SMTP breaker is open,
+  the partitions are paused (not buffered) and resumed once half has drained. Polling goes on
+  while paused, so `max.poll.interval.ms` is never tripped. Finished records used to count
+  against `max_in_flight`: a lane then sent only its budget's worth of mail per commit cycle
+  (the express lane, 32 per ~250 ms), whatever the SMTP server could take.
 - Records with the same key in a partition run one after the other; others overlap.
 - Every `commit_interval_ms`, the outcomes of each partition's finished prefix (never past an
   unfinished record) are written together with the offsets that follow them, in one transaction.
@@ -42,6 +45,13 @@ T = TypeVar("T")
 TP = tuple[str, int]
 Handler = Callable[[RawRecord], Awaitable[Handled]]
 _BATCH = 500
+_UNCOMMITTED_PER_SLOT = 8
+_FULL_PAUSE_S = 1.0
+"""How long the processing budget may stay full before the partitions are paused: until then
+the consumer just stops polling, and librdkafka keeps what it has fetched."""
+"""Finished records that may wait for a commit, per `max_in_flight`: a few commit intervals'
+worth at full speed. Beyond it the commits are failing (results topic unavailable) and
+consumption stops until they succeed. Half of it triggers a commit without waiting."""
 _POLL_S = 0.1
 _WATCH_S = 1.0
 _UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
@@ -73,8 +83,12 @@ class Consumer:
         self._log = log.bind(lane=lane)
         self._in_flight = metrics.in_flight.labels(lane)
         self._paused_gauge = metrics.paused.labels(lane)
+        self._transaction_seconds = metrics.transaction_seconds.labels(lane)
         self._kafka = kafka
         self._proc = processing
+        self._max_uncommitted = _UNCOMMITTED_PER_SLOT * processing.max_in_flight
+        self._room = asyncio.Event()
+        self._full_since = time.monotonic()
         self._topics = topics
         self._handler = handler
         self.producer = producer
@@ -152,13 +166,26 @@ class Consumer:
         committing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set() and self._fatal is None:
-                room = max(1, min(_BATCH, self._proc.max_in_flight - self._backlog()))
-                messages = await self._call(self._consume, room)
+                if len(self._tasks) >= self._proc.max_in_flight and not self._paused:
+                    # Full, most often for a few ms: wait for room without polling. Pausing
+                    # would cost more: a poll that sleeps its timeout before it sees the room,
+                    # and librdkafka fetching the partitions' records again after the resume.
+                    deadline = self._full_since + _FULL_PAUSE_S
+                    if committing is None or committing.done():  # or the commit falls due
+                        deadline = min(deadline, last_commit + self._proc.commit_interval_ms / 1000)
+                    await self._room_or(deadline)
+                room = min(_BATCH, self._proc.max_in_flight - len(self._tasks))
+                messages = []
+                if room > 0 or self._paused:  # paused: polled only to serve the group
+                    messages = await self._call(self._consume, max(1, room))
                 deferred_now: set[TP] = set()
                 for m in messages:
                     self._accept(m, deferred_now)
                 self._flow_control()
-                due = time.monotonic() - last_commit >= self._proc.commit_interval_ms / 1000
+                since, every = time.monotonic() - last_commit, self._proc.commit_interval_ms / 1000
+                due = since >= every or (
+                    since >= every / 4 and self._uncommitted() >= self._max_uncommitted // 2
+                )
                 if due and (committing is None or committing.done()):
                     # In the background: a transaction waiting on a broker must not stop the
                     # polling (the group session) nor a SIGTERM from being heard.
@@ -252,6 +279,7 @@ class Consumer:
         if raw.key is not None and self._tails.get((*tp, raw.key)) is task:
             del self._tails[(*tp, raw.key)]
         self._in_flight.dec()
+        self._room.set()
         if task.cancelled():
             return  # shutdown gave up on it: not done, so never committed
         exc = task.exception()
@@ -263,8 +291,14 @@ class Consumer:
         if self._epochs.get(tp, 0) == epoch:
             self._tracker.done(tp, raw.offset)
 
-    def _backlog(self) -> int:
-        return len(self._tasks) + sum(len(d) for d in self._done.values())
+    async def _room_or(self, deadline: float) -> None:
+        """Until a record finishes, or `deadline` (monotonic)."""
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._room.wait(), max(0.0, deadline - time.monotonic()))
+
+    def _uncommitted(self) -> int:
+        return sum(len(d) for d in self._done.values())
 
     def _flow_control(self) -> None:
         now = time.monotonic()
@@ -273,13 +307,16 @@ class Consumer:
                 del self._deferred[tp]
                 if not self._paused and tp in self._assigned:
                     self._consumer.resume([TopicPartition(*tp)])
-        n = self._backlog()
-        limit = self._proc.max_in_flight
+        n, waiting = len(self._tasks), self._uncommitted()
+        limit, most = self._proc.max_in_flight, self._max_uncommitted
         hold = self._should_pause()
-        if not self._paused and (n >= limit or hold):
-            self._set_paused(True, in_flight=n, breaker=hold)
-        elif self._paused and n <= limit // 2 and not hold:
-            self._set_paused(False, in_flight=n, breaker=hold)
+        if n < limit:
+            self._full_since = now
+        full_for_long = now - self._full_since >= _FULL_PAUSE_S
+        if not self._paused and (full_for_long or waiting >= most or hold):
+            self._set_paused(True, in_flight=n, uncommitted=waiting, breaker=hold)
+        elif self._paused and n <= limit // 2 and waiting <= most // 2 and not hold:
+            self._set_paused(False, in_flight=n, uncommitted=waiting, breaker=hold)
 
     def _set_paused(self, paused: bool, **why: object) -> None:
         tps = [tp for tp in list(self._assigned) if paused or tp not in self._deferred]
@@ -312,6 +349,7 @@ class Consumer:
         offsets = [TopicPartition(t, p, o) for (t, p), o in positions.items()]
         group = self._group
         self._log.debug("committing", records=len(records), offsets=len(offsets))
+        began = time.perf_counter()
         try:
             producer = self.producer
             call = asyncio.ensure_future(
@@ -332,12 +370,14 @@ class Consumer:
                     return
             call.result()
         except TransactionFailed as exc:
+            self._transaction_seconds.observe(time.perf_counter() - began)
             self._metrics.transactions.labels("aborted").inc()
             self._log.warning("transaction aborted; outcomes and offsets held back", error=str(exc))
             return
         except ProducerFenced as exc:
             self._fatal = exc
             return
+        self._transaction_seconds.observe(time.perf_counter() - began)
         self._metrics.transactions.labels("committed").inc()
         self._tracker.committed(positions)
         for tp, pos in positions.items():

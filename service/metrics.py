@@ -62,6 +62,14 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.transaction_seconds = Histogram(
+            "herald_transaction_seconds",
+            "Time to write one batch of outcomes and its offsets in a transaction (committed "
+            "or not). Records wait for it before they count as done.",
+            ["lane"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.in_flight = Gauge(
             "herald_in_flight",
             "Records being processed, per lane (express, standard).",
