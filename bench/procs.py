@@ -36,6 +36,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def children(pid: int) -> list[int]:
+    """Processes whose parent is `pid`: Herald's render workers."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of a process by thread group: the main thread (Herald's event loop),
     librdkafka's own threads (rdk:*), and the rest (executor threads calling into librdkafka)."""
@@ -271,8 +284,8 @@ class Herald:
             return False
 
     def gauges(self) -> dict[str, float]:
-        """herald_in_flight (all lanes) and herald_consumer_paused (standard lane) from Herald's
-        /metrics ({} if none)."""
+        """herald_in_flight (all lanes), herald_consumer_paused and the transaction time's sum
+        and count (standard lane) from Herald's /metrics ({} if none)."""
         try:
             url = f"http://127.0.0.1:{self.http_port}/metrics"
             with urllib.request.urlopen(url, timeout=1) as r:
@@ -285,7 +298,11 @@ class Herald:
                 out["in_flight"] = out.get("in_flight", 0.0) + float(line.split()[-1])
             elif line.startswith('herald_consumer_paused{lane="standard"}'):
                 out["paused"] = float(line.split()[-1])
-        return out if len(out) == 2 else {}
+            elif line.startswith('herald_transaction_seconds_sum{lane="standard"}'):
+                out["txn_s"] = float(line.split()[-1])
+            elif line.startswith('herald_transaction_seconds_count{lane="standard"}'):
+                out["txns"] = float(line.split()[-1])
+        return out if "in_flight" in out and "paused" in out else {}
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
