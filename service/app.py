@@ -20,6 +20,7 @@ from service.events import EventDecoder, TopicBinding, check_envelope
 from service.idempotency import open_store
 from service.kafka import TransactionalProducer
 from service.mailer import Mailer, Slots
+from service.messages import LocalMessages, Messages, Recipe, WorkerMessages
 from service.metrics import HttpEndpoint, Metrics
 from service.pipeline import Pipeline
 from service.rendering import Renderer
@@ -192,6 +193,13 @@ class Herald:
             mailer = await stack.enter_async_context(
                 Mailer(s.smtp, self.metrics, express_slots=reserved)
             )
+            local = LocalMessages(self.loaded.renderer, s.mail)
+            messages: Messages = local
+            if s.processing.render_workers:
+                recipe = Recipe(s.templates_dir, s.brand, s.mail.default_locale, s.links, s.mail)
+                messages = await stack.enter_async_context(
+                    WorkerMessages(recipe, s.processing.render_workers, local, s.log.format)
+                )
             http = await stack.enter_async_context(
                 HttpEndpoint(self.metrics, s.http.host, s.http.port, lambda: self.ready)
             )
@@ -204,13 +212,12 @@ class Herald:
                     max_record_bytes=s.processing.max_record_bytes,
                 ),
                 table=self.loaded.table,
-                renderer=self.loaded.renderer,
+                messages=messages,
                 mailer=mailer,
                 store=store,
                 codec=codec,
                 retries=retries,
                 metrics=self.metrics,
-                mail=s.mail,
                 express=self.express_priority if express else None,
                 # Two per connection: one on the wire, one rendered and ready to go.
                 turns=Slots(2 * s.smtp.pool_size, 2 * reserved),

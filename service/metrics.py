@@ -90,7 +90,9 @@ class Metrics:
             registry=r,
         )
         self.render_seconds = Histogram(
-            "herald_render_seconds", "Time to render and compose one mail.", registry=r
+            "herald_render_seconds",
+            "Time to render and compose one mail (with render workers: including the hand-over).",
+            registry=r,
         )
         self.smtp_seconds = Histogram(
             "herald_smtp_seconds",

@@ -27,13 +27,11 @@ from service.idempotency import IdempotencyStore, State, wait_for_store
 from service.kafka import Outbound
 from service.logs import mask_emails
 from service.mailer import Mailer, Slots
+from service.messages import Messages
 from service.metrics import Metrics
-from service.mime import compose
-from service.rendering import Renderer
 from service.results import Outcome, OutcomeCodec, Status, now, record_outcome_id
 from service.retries import RetryPolicy, RetryTicket
 from service.routing import Notification, Priority, RoutingTable, route
-from service.settings import MailSettings
 
 log = structlog.get_logger("herald.pipeline")
 
@@ -64,13 +62,12 @@ class Pipeline:
         *,
         decoder: EventDecoder,
         table: RoutingTable,
-        renderer: Renderer,
+        messages: Messages,
         mailer: Mailer,
         store: IdempotencyStore,
         codec: OutcomeCodec,
         retries: RetryPolicy,
         metrics: Metrics,
-        mail: MailSettings,
         express: Priority | None = None,
         turns: Slots | None = None,
     ) -> None:
@@ -85,13 +82,12 @@ class Pipeline:
         self._turns = turns or Slots(64)
         self._decoder = decoder
         self._table = table
-        self._renderer = renderer
+        self._messages = messages
         self._mailer = mailer
         self._store = store
         self._codec = codec
         self._retries = retries
         self._metrics = metrics
-        self._mail = mail
 
     async def handle(self, raw: RawRecord) -> Handled:
         """Decide every outcome of one record (an event, or a retry of one of its mails)."""
@@ -185,8 +181,8 @@ class Pipeline:
     ) -> list[Outcome]:
         try:
             t0 = time.perf_counter()
-            rendered = self._renderer.render(n)
-            message = compose(n, rendered, self._mail, now())
+            built = await self._messages.build(n)
+            message = built.email
             self._metrics.render_seconds.observe(time.perf_counter() - t0)
         except RecordError as exc:
             await self._release(n)
@@ -214,7 +210,7 @@ class Pipeline:
             except SmtpUnavailable:
                 await self._mailer.breaker.wait()  # the consumer is paused meanwhile
             except DeliveryError as exc:
-                return await self._failed(state, n, exc, rendered.locale, message.message_id)
+                return await self._failed(state, n, exc, built.locale, message.message_id)
         sent_ms = int(delivery.sent_at.timestamp() * 1000)
         await wait_for_store(
             lambda: self._store.accepted(
@@ -232,7 +228,7 @@ class Pipeline:
                 state.raw,
                 n,
                 Status.SENT,
-                locale=rendered.locale,
+                locale=built.locale,
                 message_id=message.message_id,
                 attempt=delivery.attempts,
                 smtp_code=delivery.code,

@@ -178,6 +178,9 @@ class ProcessingSettings(_Group):
     SMTP queue: a bulk backlog never queues ahead of them. `off`: one consumer for all."""
     express_max_in_flight: int = Field(default=32, ge=1)
     """Records of the express topics being processed at once."""
+    render_workers: int = Field(default=0, ge=0, le=64)
+    """Processes that render and compose mail beside the event loop, on other cores. 0: on
+    the loop. One per spare core pays off when a single instance has cores to itself."""
     max_record_bytes: int = Field(default=1_048_576, ge=1024)
     """Larger records are dead-lettered unread (`record_too_large`): an event that big is a
     producer's bug, and rendering it would hold up every other record for seconds."""
