@@ -247,11 +247,14 @@ class WorkerMessages:
             await self._restart(worker)
 
     async def _restart(self, dead: _Worker) -> None:
+        # Out of the rotation first: mail asked for meanwhile goes to the others, or is built
+        # here, never to a worker that will not answer.
+        self._workers.remove(dead)
+        orphans = list(dead.pending)
+        dead.pending.clear()
         code = await dead.process.wait()
         dead.writer.close()
         log.error("render worker died; starting another", pid=dead.process.pid, exit_code=code)
-        orphans = list(dead.pending)
-        dead.pending.clear()
         try:
             worker: _Worker | None = await self._start(dead.index)
         except Exception as exc:
@@ -262,11 +265,9 @@ class WorkerMessages:
             await worker.process.wait()
             worker = None
         if worker is not None:
-            self._workers[self._workers.index(dead)] = worker
-        else:
-            self._workers.remove(dead)
-            if not self._workers:
-                log.error("no render worker left: rendering on the event loop")
+            self._workers.append(worker)
+        elif not self._workers:
+            log.error("no render worker left: rendering on the event loop")
         for request in orphans:
             if request.future.done():
                 continue
@@ -278,9 +279,14 @@ class WorkerMessages:
             elif self._workers:
                 self._send(min(self._workers, key=lambda w: len(w.pending)), request)
             else:
-                request.future.set_result(
-                    build(self._fallback.renderer, self._recipe.mail, request.n, request.at)
-                )
+                try:
+                    message = build(
+                        self._fallback.renderer, self._recipe.mail, request.n, request.at
+                    )
+                except (RecordError, DeliveryError) as exc:
+                    request.future.set_exception(exc)
+                else:
+                    request.future.set_result(message)
 
     async def close(self) -> None:
         self._closing = True
