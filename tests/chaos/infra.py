@@ -99,6 +99,13 @@ def positions(bootstrap: str, group: str, topics: dict[str, int]) -> dict[tuple[
         c.close()
 
 
+def topics_with_prefix(bootstrap: str, prefix: str) -> dict[str, int]:
+    """Topics whose name starts with `prefix`, with their partition counts."""
+    admin = AdminClient(client(bootstrap))
+    meta = admin.list_topics(timeout=15)
+    return {name: len(t.partitions) for name, t in meta.topics.items() if name.startswith(prefix)}
+
+
 def end_offsets(bootstrap: str, topics: dict[str, int]) -> dict[tuple[str, int], int]:
     c = confluent_kafka.Consumer(client(bootstrap, **{"group.id": "chaos-probe"}))
     try:
