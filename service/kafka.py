@@ -78,6 +78,11 @@ class TransactionalProducer:
         self._producer = client(self._conf)
         self._lock = threading.Lock()
         self._returned_at = time.monotonic()
+        self.abandoned = False
+        """Set once `fresh()` has replaced this client. A call stuck in it may still return
+        with an error later; it must not renew the client then, or the new client's
+        init_transactions would fence the replacement (seen after a broker restart: Herald
+        exited at its next commit)."""
 
     def init(self) -> None:
         """Register the transactional id, aborting whatever a previous incarnation left open.
@@ -144,7 +149,9 @@ class TransactionalProducer:
                 if err.fatal() and "fenced" in err.str().lower():
                     raise ProducerFenced(f"producer fenced: {err.str()}") from exc
                 unsettled = committing and not err.txn_requires_abort()
-                if err.fatal() or unsettled or not self._abort():
+                if self.abandoned:
+                    pass  # replaced meanwhile: renewing would fence the replacement
+                elif err.fatal() or unsettled or not self._abort():
                     self._renew(err.str())
                 raise TransactionFailed(f"transaction not committed: {err.str()}") from exc
 
@@ -207,6 +214,8 @@ class TransactionalProducer:
         other._producer = self._client(self._conf)
         other._lock = threading.Lock()
         other._returned_at = time.monotonic()
+        other.abandoned = False
+        self.abandoned = True
         other.init()
         return other
 
@@ -245,7 +254,10 @@ class TransactionalProducer:
             log.warning("transaction still in progress at close; left to the broker to abort")
             return
         try:
-            self._producer.flush(self._settle_s)
+            try:
+                self._producer.flush(self._settle_s)
+            except KafkaException as exc:  # fenced or fatal: nothing of ours is left to send
+                log.warning("transactional producer closed with an error", error=str(exc))
             self._producer.close()
         finally:
             self._lock.release()

@@ -74,6 +74,10 @@ class Scripted:
     def purge(self) -> None:
         self.calls.append("purge")
 
+    def flush(self, timeout: float) -> int:
+        self._answer("flush")
+        return 0
+
     def close(self) -> None:
         self.calls.append("close")
 
@@ -153,3 +157,31 @@ def test_an_abort_refused_at_once_is_retried_with_a_pause() -> None:
     # 1 s of settling at (0.1 s per call + 0.25 s pause) is 3 or 4 attempts, not hundreds.
     assert client.calls.count("abort_transaction") <= 4
     assert 2 == len(Scripted.made)
+
+
+def test_a_replaced_client_whose_stuck_call_fails_does_not_fence_its_replacement() -> None:
+    """The consumer gave this client up for stuck and made a fresh one (same transactional
+    id). When the stuck commit finally fails, renewing would init a third client and fence
+    the fresh one: Herald then exited at its next commit (CI, broker restart scenario)."""
+    producer, client = _producer()
+    replacement = producer.fresh()
+    client.forever["commit_transaction"] = TIMED_OUT
+
+    with pytest.raises(TransactionFailed):
+        producer.commit([RECORD], [], None)
+
+    assert 2 == len(Scripted.made)  # the original and the replacement, no third
+    assert ["init_transactions"] == Scripted.made[1].calls
+    assert not replacement.abandoned
+
+
+def test_closing_a_fenced_client_does_not_raise() -> None:
+    """At shutdown a client already fenced reports it on flush; the process still exits 0."""
+    producer, client = _producer()
+    client.forever["flush"] = KafkaException(
+        KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+    )
+
+    producer.close()
+
+    assert "close" in client.calls
