@@ -273,7 +273,8 @@ def build_report(
         dup_outcomes += sum(n - 1 for n in ids.values())
         if len(ids) < r.expected:
             missing += r.expected - len(ids)
-            note("missing", r, f"{r.topic}[{r.partition}]@{r.offset}")
+            mailed = sum(received.get(mid, 0) for mid in r.message_ids)
+            note("missing", r, f"{r.topic}[{r.partition}]@{r.offset}, mailed {mailed}x")
         if len(ids) > r.expected:  # two different ids for one notification: also a duplicate
             dup_outcomes += len(ids) - r.expected
             note("duplicate", r, "distinct outcome ids")
