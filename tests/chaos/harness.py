@@ -344,7 +344,7 @@ class Run:
         if retry:
             r_ends = infra.end_offsets(self.bootstrap, retry)
             r_done = infra.positions(self.bootstrap, self.group, retry)
-            self.extra["retry records not consumed at the end"] = sum(
+            self.faults["retry-topic records past the committed position"] = sum(
                 end - max(r_done.get(tp, 0), 0) for tp, end in r_ends.items()
             )
         last = self.watcher.last_arrival()
