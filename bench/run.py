@@ -579,7 +579,7 @@ def run_herald(ctx: Context, spec: HeraldRun) -> dict[str, Any]:
         ctx.broker.bootstrap,
         prefix + "notification.outcomes",
         expected_mails,
-        timeout_s=30 if not error else 5,
+        timeout_s=(30 + expected_mails / 15_000) if not error else 5,  # ~20k outcomes/s read
     )
     log(
         f"{spec.name}: {len(recs)}/{expected_mails} mails at the sink, outcomes {dict(statuses)}, "
