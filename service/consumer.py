@@ -46,12 +46,12 @@ TP = tuple[str, int]
 Handler = Callable[[RawRecord], Awaitable[Handled]]
 _BATCH = 500
 _UNCOMMITTED_PER_SLOT = 8
-_FULL_PAUSE_S = 1.0
-"""How long the processing budget may stay full before the partitions are paused: until then
-the consumer just stops polling, and librdkafka keeps what it has fetched."""
 """Finished records that may wait for a commit, per `max_in_flight`: a few commit intervals'
 worth at full speed. Beyond it the commits are failing (results topic unavailable) and
 consumption stops until they succeed. Half of it triggers a commit without waiting."""
+_FULL_PAUSE_S = 1.0
+"""How long the processing budget may stay full before the partitions are paused: until then
+the consumer just stops polling, and librdkafka keeps what it has fetched."""
 _POLL_S = 0.1
 _WATCH_S = 1.0
 _UNREACHABLE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
