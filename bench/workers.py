@@ -102,7 +102,7 @@ def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]
     them and the mean render+compose seconds per message."""
     from bench.events import EventFactory
     from service.events import EventDecoder, RawRecord
-    from service.mime import compose
+    from service.messages import build
     from service.results import now
     from service.routing import route
     from service.settings import MailSettings
@@ -123,7 +123,7 @@ def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]
     t0 = time.perf_counter()
     for event in events:
         for n in route(event, loaded.table):
-            messages.append(compose(n, loaded.renderer.render(n), mail, now()))
+            messages.append(build(loaded.renderer, mail, n, now()).email)
     return messages, (time.perf_counter() - t0) / max(1, len(messages))
 
 

@@ -179,9 +179,10 @@ class Herald:
             )
             for lane in lanes
         }
-        await asyncio.gather(
-            asyncio.to_thread(self._warm), *(asyncio.to_thread(p.init) for p in producers.values())
-        )
+        # With render workers, they compile the templates; this process only falls back on
+        # its own copy if none is left, and may compile then.
+        warm = [] if s.processing.render_workers else [asyncio.to_thread(self._warm)]
+        await asyncio.gather(*warm, *(asyncio.to_thread(p.init) for p in producers.values()))
         async with AsyncExitStack() as stack:
             for lane in lanes:
                 # The consumer may have replaced a stuck client meanwhile: close its current one.

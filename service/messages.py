@@ -213,8 +213,11 @@ class WorkerMessages:
         at = at or now()
         loop = asyncio.get_running_loop()
         request = _Request(n, at, loop.create_future(), _frame((_pack(n), at)))
-        self._send(min(self._workers, key=lambda w: len(w.pending)), request)
+        self._send(self._least_busy(), request)
         return await request.future
+
+    def _least_busy(self) -> _Worker:
+        return min(self._workers, key=lambda w: len(w.pending))
 
     def _send(self, worker: _Worker, request: _Request) -> None:
         worker.pending.append(request)
@@ -277,7 +280,7 @@ class WorkerMessages:
                     RenderError("a render worker died twice while rendering this mail")
                 )
             elif self._workers:
-                self._send(min(self._workers, key=lambda w: len(w.pending)), request)
+                self._send(self._least_busy(), request)
             else:
                 try:
                     message = build(

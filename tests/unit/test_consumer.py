@@ -72,10 +72,12 @@ async def _never(raw: RawRecord) -> Handled:
 def make_consumer() -> Iterator[Any]:
     made: list[Consumer] = []
 
-    def build(producer: TransactionalProducer) -> Consumer:
+    def build(
+        producer: TransactionalProducer, processing: ProcessingSettings | None = None
+    ) -> Consumer:
         consumer = Consumer(
             KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-            ProcessingSettings(),
+            processing or ProcessingSettings(),
             [TP[0]],
             _never,
             producer,
@@ -159,38 +161,29 @@ async def test_a_silent_client_while_brokers_are_unreachable_is_waited_for(
     assert 1 == consumer._tracker.position(TP)
 
 
-def test_records_awaiting_their_commit_do_not_use_the_processing_budget() -> None:
+def test_records_awaiting_their_commit_do_not_use_the_processing_budget(
+    make_consumer: Any,
+) -> None:
     """Finished records waiting for the next transaction no longer count against
     `max_in_flight` (a lane used to send only its budget per commit cycle); a pile of them as
     large as 8x the budget still pauses, as when commits keep failing. A full budget pauses
     only once it has stayed full for a second."""
-    consumer = Consumer(
-        KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-        ProcessingSettings(max_in_flight=4),
-        [TP[0]],
-        _never,
-        SlowCommit(0, answering=True),
-        RetryPolicy(RetrySettings()),
-        Metrics(),
-    )
-    try:
+    consumer = make_consumer(SlowCommit(0, answering=True), ProcessingSettings(max_in_flight=4))
 
-        def state(processing: int, finished: int, full_for_s: float = 0) -> bool:
-            consumer._tasks = {object() for _ in range(processing)}  # type: ignore[misc]
-            consumer._done = {TP: {offset: [] for offset in range(finished)}}
-            if full_for_s:
-                consumer._full_since = time.monotonic() - full_for_s
-            consumer._flow_control()
-            return consumer._paused
+    def state(processing: int, finished: int, full_for_s: float = 0) -> bool:
+        consumer._tasks = {object() for _ in range(processing)}  # type: ignore[misc]
+        consumer._done = {TP: {offset: [] for offset in range(finished)}}
+        if full_for_s:
+            consumer._full_since = time.monotonic() - full_for_s
+        consumer._flow_control()
+        return consumer._paused
 
-        assert not state(3, 12)  # 12 finished (3x the budget), 3 at work: room for one more
-        assert not state(4, 12)  # the budget is used: polling stops, partitions stay fetched
-        assert not state(4, 12, full_for_s=0.5)
-        assert state(4, 12, full_for_s=1.0)  # full for a second: paused
-        assert state(3, 12)  # not yet back to half
-        assert not state(2, 12)
-        assert state(0, 32)  # 8 x 4 finished and not committed: commits are failing
-        assert state(0, 17)
-        assert not state(0, 16)
-    finally:
-        consumer._consumer.close()
+    assert not state(3, 12)  # 12 finished (3x the budget), 3 at work: room for one more
+    assert not state(4, 12)  # the budget is used: polling stops, partitions stay fetched
+    assert not state(4, 12, full_for_s=0.5)
+    assert state(4, 12, full_for_s=1.0)  # full for a second: paused
+    assert state(3, 12)  # not yet back to half
+    assert not state(2, 12)
+    assert state(0, 32)  # 8 x 4 finished and not committed: commits are failing
+    assert state(0, 17)
+    assert not state(0, 16)
