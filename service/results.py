@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -60,9 +60,13 @@ class Outcome:
     sent_at: datetime | None = None
 
     def to_record(self) -> dict[str, Any]:
-        record = asdict(self)
+        """The Avro record: the fields as they are (`asdict` deep-copied every datetime)."""
+        record = {name: getattr(self, name) for name in _OUTCOME_FIELDS}
         record["status"] = self.status.value
         return record
+
+
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
 
 
 def record_outcome_id(raw: RawRecord) -> str:
