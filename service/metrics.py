@@ -72,7 +72,7 @@ class Metrics:
         )
         self.in_flight = Gauge(
             "herald_in_flight",
-            "Records being processed, per lane (express, standard).",
+            "Records being processed, per lane (express, standard, retry).",
             ["lane"],
             registry=r,
         )

@@ -148,7 +148,7 @@ async def test_mail_server_outage_pauses_consumption_and_loses_nothing(
     assert ["SENT"] * 5 == [o["status"] for o in outcomes]
     assert "herald_retries_scheduled_total{" not in metrics
     assert "herald_smtp_breaker_open 0.0" in metrics
-    assert {"express": 0.0, "standard": 0.0} == _paused(metrics)
+    assert {"express": 0.0, "standard": 0.0, "retry": 0.0} == _paused(metrics)
 
 
 def _paused(metrics: str) -> dict[str, float]:
