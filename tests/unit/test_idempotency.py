@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from service.errors import StoreUnavailable
-from service.idempotency import IdempotencyStore, RedisStore, SqliteStore, State
+from service.idempotency import IdempotencyStore, RedisStore, SqliteStore, State, wait_for_store
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -77,3 +79,82 @@ async def test_redis_calls_beyond_the_pool_wait_for_a_connection(redis_url: str)
         assert [p.state for p in priors] == [State.NEW] * len(keys)
         again = await asyncio.gather(*(s.claim(k) for k in keys))
         assert {p.state for p in again} == {State.CLAIMED}
+
+
+def _in_file(path: Path, key: str) -> State | None:
+    """The key's state as another connection reads the file: what a restart would find."""
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT value FROM notification_keys WHERE key = ?", (key,)).fetchone()
+    return None if row is None else State(json.loads(row[0])["state"])
+
+
+async def test_sqlite_marks_are_in_the_file_when_the_call_returns(tmp_path: Path) -> None:
+    """In DATA before the body leaves, accepted before the outcome is built; a claim may lag."""
+    path = tmp_path / "keys.sqlite3"
+    async with SqliteStore(path, retention_h=1) as s:
+        await s.claim("k")
+        assert State.CLAIMED == (await s.claim("k")).state  # read back before any commit
+        await s.data_started("k")
+        assert State.IN_DATA == _in_file(path, "k")
+        await s.accepted("k", message_id="<m@x>", smtp_code=250, sent_at_ms=1)
+        assert State.ACCEPTED == _in_file(path, "k")
+        await s.claim("gone")
+        await s.release("gone")
+        assert _in_file(path, "gone") is None
+
+
+async def test_sqlite_commits_a_pass_of_writes_together(tmp_path: Path) -> None:
+    """Acceptances made in one pass of the loop share one commit, and all are in the file.
+
+    Each commit appends at least one page frame to the write-ahead log, so its growth counts
+    commits: fifty commits would add fifty frames or more."""
+    path = tmp_path / "keys.sqlite3"
+    wal = tmp_path / "keys.sqlite3-wal"
+    async with SqliteStore(path, retention_h=1) as s:
+        keys = [f"k{i}" for i in range(50)]
+        for k in keys:
+            await s.claim(k)
+        await asyncio.sleep(0)  # the claims' commit
+        before = wal.stat().st_size
+        await asyncio.gather(
+            *(s.accepted(k, message_id=f"<{k}@x>", smtp_code=250, sent_at_ms=1) for k in keys)
+        )
+        frames = (wal.stat().st_size - before) / (4096 + 24)
+        assert 1 <= frames <= 5
+        assert all(State.ACCEPTED == _in_file(path, k) for k in keys)
+
+
+async def test_sqlite_cancelled_caller_does_not_cancel_the_shared_commit(tmp_path: Path) -> None:
+    path = tmp_path / "keys.sqlite3"
+    async with SqliteStore(path, retention_h=1) as s:
+        first = asyncio.create_task(
+            s.accepted("a", message_id="<a@x>", smtp_code=250, sent_at_ms=1)
+        )
+        second = asyncio.create_task(
+            s.accepted("b", message_id="<b@x>", smtp_code=250, sent_at_ms=1)
+        )
+        await asyncio.sleep(0)  # both wait on the commit scheduled for this pass
+        first.cancel()
+        await second
+        assert first.cancelled()
+        assert State.ACCEPTED == _in_file(path, "b")
+        assert State.ACCEPTED == _in_file(path, "a")  # its write was queued before the cancel
+
+
+async def test_sqlite_locked_by_another_process_is_store_unavailable(tmp_path: Path) -> None:
+    """A second writer on the file (a misconfigured second instance) makes callers wait and
+    write again, through `wait_for_store`, instead of crashing the record."""
+    path = tmp_path / "keys.sqlite3"
+    async with SqliteStore(path, retention_h=1, busy_timeout_s=0.05) as s:
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock
+        try:
+            with pytest.raises(StoreUnavailable):
+                await s.data_started("k")
+            with pytest.raises(StoreUnavailable):
+                await s.accepted("k", message_id="<m@x>", smtp_code=250, sent_at_ms=1)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await wait_for_store(lambda: s.data_started("k"))
+        assert State.IN_DATA == _in_file(path, "k")
