@@ -2,8 +2,10 @@
 
 It speaks just enough ESMTP for aiosmtplib and smtplib (EHLO/HELO, MAIL, RCPT, DATA, RSET,
 NOOP, QUIT), tolerates pipelined commands, and does no dot-unstuffing: a message ends at the
-first CRLF.CRLF. For every accepted message it records the acceptance time (time.time(), taken
-when the 250 reply is written) and the value of its Message-ID header.
+first CRLF.CRLF. It offers 8BITMIME and takes MAIL's parameters (BODY=8BITMIME) unread, so
+Herald sends its 8bit parts as composed, not downgraded to base64 (RFC 6152). For every
+accepted message it records the acceptance time (time.time(), taken when the 250 reply is
+written) and the value of its Message-ID header.
 
 Run it as its own process so it never shares a GIL with what it measures:
 

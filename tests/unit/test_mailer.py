@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from service.errors import (
     DeliveryUnknownError,
@@ -18,7 +21,7 @@ from service.mailer import Mailer, Slots
 from service.metrics import Metrics
 from service.mime import Email
 from service.settings import SmtpSettings
-from service.smtp import classify, enhanced_code
+from service.smtp import _on_the_wire, classify, enhanced_code
 from tests.smtp_server import SmtpServer, TlsSmtpServer
 
 
@@ -201,6 +204,20 @@ async def test_body_lines_are_carried_exactly_as_composed(server: SmtpServer) ->
     expected = (head + body).replace(b"\r\n", b"\n").replace(b"\r", b"\n") + b"\n"
     assert expected == received
     assert ["after@example.com"] == server.received[1].envelope_to
+
+
+@given(
+    st.lists(st.sampled_from([b".", b"..", b"\r", b"\n", b"\r\n", b"a", b"\xc3\xa9"]), min_size=1)
+)
+def test_on_the_wire_is_dot_stuffed_crlf_lines(pieces: list[bytes]) -> None:
+    """Property (RFC 5321 4.5.2): whatever the line ends, DATA carries each line with CRLF,
+    one more dot before a line starting with one, and the final dot."""
+    data = b"".join(pieces)
+    lines = re.split(rb"\r\n|\r|\n", data)
+    if not lines[-1]:
+        lines.pop()  # a line end at the end of the data ends the last line
+    expected = b"".join(b"." * line.startswith(b".") + line + b"\r\n" for line in lines)
+    assert expected + b".\r\n" == _on_the_wire(data)
 
 
 class ScriptedServer:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from service.app import Loaded
 from service.errors import HeaderInjectionError, InvalidRecipientError
-from service.mime import compose
+from service.mime import Email, compose, seven_bit
 from service.rendering import Rendered
 from service.routing import Category, Notification, Priority, route
 from service.settings import MailSettings
@@ -130,31 +130,84 @@ def test_optional_mail_carries_one_click_unsubscribe(loaded: Loaded) -> None:
     assert plain["List-Unsubscribe"] is None
 
 
+KEY = "0123456789abcdef" * 2
+DELIMITER = f"--=_herald_{KEY}"
+"""The boundary delimiter of a message for a notification keyed `KEY`."""
+
 _text = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"),
     max_size=400,
 )
+_ascii = st.text(alphabet=st.characters(max_codepoint=127, blacklist_characters="\r\x00"))
 _line = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=120)
+_body = st.lists(
+    st.one_of(
+        _text,
+        _ascii,
+        st.sampled_from(["\n", ".", "\n.", "\n.\n", "\n..", "=_", "--", "é", "中文", "😀"]),
+        # At the limits of what may go as is: lines of 998 and 999 octets, in ASCII and in
+        # 2-byte characters; a bare CR; a NUL; the boundary delimiter.
+        st.sampled_from(["x" * 998, "x" * 999, "é" * 499, "é" * 500, "\r", "\x00", DELIMITER]),
+    ),
+    max_size=6,
+).map("".join)
 
 
-@settings(max_examples=200, deadline=None)
-@given(subject=_line, name=st.one_of(st.none(), _line), text=_text, html=_text)
+def _encoding_for(text: str) -> str:
+    """What `text` may go as, read the plain, slow way: as is only in lines of 998 octets at
+    most (RFC 5322 2.1.1), without NUL or bare CR (RFC 2045 2.7) nor the delimiter."""
+    lines = text.split("\n")
+    if "\r" in text or "\x00" in text or DELIMITER in text:
+        return "base64"
+    if any(len(line.encode()) > 998 for line in lines):
+        return "base64"
+    return "7bit" if all(ord(c) < 128 for c in text) else "8bit"
+
+
+def _read_back(msg: email.message.EmailMessage, subtype: str) -> tuple[str, str]:
+    """A part's encoding and text as the parser gives them; a part sent as is keeps the CRLFs
+    it was sent with, which `compose` made from the rendered text's LFs."""
+    part = msg.get_body((subtype,))
+    encoding = part["Content-Transfer-Encoding"]
+    content = part.get_content()
+    return encoding, content if encoding == "base64" else content.replace("\r\n", "\n")
+
+
+def _assert_seven_bit(m: Email, text: str, html: str) -> None:
+    """`seven_bit(m)` is pure ASCII in lines of 998 octets at most and reads back the same;
+    a message with no 8bit part is left as it is."""
+    d = seven_bit(m)
+    if not m.eight_bit:
+        assert m is d
+    assert not d.eight_bit
+    assert d.data.isascii()
+    assert all(len(line) <= 998 for line in d.data.split(b"\r\n"))
+    msg = _parse(d.data)
+    for subtype, rendered in (("plain", text), ("html", html)):
+        expected = "base64" if _encoding_for(rendered) == "8bit" else _encoding_for(rendered)
+        assert (expected, rendered) == _read_back(msg, subtype)
+
+
+@settings(max_examples=300, deadline=None)
+@given(subject=_line, name=st.one_of(st.none(), _line), text=_body, html=_body)
 def test_message_parses_back_to_what_was_rendered(
     subject: str, name: str | None, text: str, html: str
 ) -> None:
-    """Property (RFC 5322/2045/2047): whatever the subject, name and bodies, the standard
-    library's parser reads back exactly those headers and parts, and no line exceeds 998."""
-    n = _bare(name, "0123456789abcdef" * 2)
+    """Property (RFC 5322/2045/2046/2047): whatever the subject, name and bodies, each part
+    goes 7bit, 8bit or base64 as it may, the standard library's parser reads back exactly
+    those headers and parts, no line exceeds 998 octets; and so for the 7-bit downgrade."""
+    n = _bare(name, KEY)
     subject = subject.strip() or "s"  # the renderer strips subjects
     m = compose(n, Rendered(subject=subject, html=html, text=text, locale="fr"), MAIL, NOW)
     msg = _parse(m.data)
     assert subject == msg["Subject"]
     _assert_display_name_reads_back((name or "").strip(), m.data, msg)
     assert "ada@example.com" == msg["To"].addresses[0].addr_spec
-    assert text == msg.get_body(("plain",)).get_content()
-    assert html == msg.get_body(("html",)).get_content()
+    assert (_encoding_for(text), text) == _read_back(msg, "plain")
+    assert (_encoding_for(html), html) == _read_back(msg, "html")
+    assert ("8bit" in (_encoding_for(text), _encoding_for(html))) == m.eight_bit
     assert all(len(line) <= 998 for line in m.data.split(b"\r\n"))
-    assert not any(line.startswith(b".") for line in m.data.split(b"\r\n"))
+    _assert_seven_bit(m, text, html)
 
 
 _ENCODED_WORD = re.compile(r"=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=")
@@ -274,10 +327,58 @@ def test_long_ascii_subject_folds_at_spaces_without_encoding() -> None:
     _assert_header_lines_fit(m.data)
 
 
-def test_body_base64_is_what_encodebytes_gave() -> None:
-    """One b2a_base64 sliced into 76 columns is byte for byte the old encodebytes output."""
-    for text in ["", "é", "x" * 57, "x" * 58, "<p>é</p>\n" * 500]:
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("", "7bit"),
+        ("Plain ASCII\n.a line starting with a dot\n.\n", "7bit"),
+        ("Déjà vu\n", "8bit"),
+        ("x" * 998, "7bit"),
+        ("x" * 999, "base64"),
+        ("é" * 499, "8bit"),  # 998 octets
+        ("é" * 500, "base64"),  # 500 characters, 1,000 octets
+        (("x" * 998 + "\n") * 3, "7bit"),
+        ("abc\n" * 1000 + "x" * 999, "base64"),  # the long line after many short ones
+        ("x" * 500 + "\n" + "y" * 999 + "\nz", "base64"),
+        ("carriage\rreturn", "base64"),
+        ("already CRLF\r\n", "base64"),  # the renderer gives LF; a CR came from the data
+        ("nul\x00", "base64"),
+        (f"event data: {DELIMITER}", "base64"),
+        (f"another message's --=_herald_{'f' * 32}", "7bit"),
+    ],
+)
+def test_each_part_goes_as_is_when_it_may(text: str, encoding: str) -> None:
+    """RFC 5322 2.1.1, RFC 2045 2.7-2.8, RFC 2046 5.1.1: unencoded, in ASCII or UTF-8, unless
+    a line is over 998 octets, a CR or NUL is in it, or the part would hold its delimiter."""
+    parts = Rendered(subject="s", html=text, text=text, locale="fr")
+    msg = _parse(compose(_bare("Ada", KEY), parts, MAIL, NOW).data)
+    assert (encoding, text) == _read_back(msg, "plain") == _read_back(msg, "html")
+
+
+def test_base64_fallback_is_what_encodebytes_gave() -> None:
+    """A part that cannot go as is becomes one b2a_base64 sliced into 76 columns: byte for
+    byte the old encodebytes output. So does an 8bit part in the 7-bit downgrade."""
+    for text in ["\r", "é\r\n", "x" * 999, "\x00" + "x" * 57, "<p>é</p>\r\n" * 500]:
         parts = Rendered(subject="s", html=text, text=text, locale="fr")
         data = compose(_bare("Ada", "k" * 32), parts, MAIL, NOW).data
         body = base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
         assert 2 == data.count(b"base64\r\n\r\n" + body + b"\r\n--")
+    text = "<p>é</p>\n" * 500
+    parts = Rendered(subject="s", html=text, text=text, locale="fr")
+    data = seven_bit(compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)).data
+    body = base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
+    assert 2 == data.count(b"base64\r\n\r\n" + body + b"\r\n--")
+
+
+def test_rendered_mail_goes_unencoded_and_downgrades(loaded: Loaded) -> None:
+    """The project's templates render short lines: the mail goes 8bit, a quarter smaller than
+    base64 would make it, reads back as rendered, and its 7-bit downgrade too."""
+    n = _n(loaded)
+    r = loaded.renderer.render(n)
+    m = compose(n, r, MAIL, NOW)
+    msg = _parse(m.data)
+    assert ("8bit", r.html) == _read_back(msg, "html")
+    assert (_encoding_for(r.text), r.text) == _read_back(msg, "plain")
+    assert m.eight_bit
+    assert len(m.data) < 0.8 * len(seven_bit(m).data)
+    _assert_seven_bit(m, r.text, r.html)
