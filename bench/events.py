@@ -208,6 +208,11 @@ def produce_paced(
     """Produce at a steady `rate`/s (occurred_at = the moment of producing) for `duration_s`,
     or until `stop()` is true; returns how many were produced."""
     p = producer(bootstrap, linger_ms=0)
+    # Connected, with a producer id and every topic's leaders known, before the first event:
+    # else the first events' latency is this producer's start-up, not Herald's.
+    for topic in factory.topics:
+        p.list_topics(topic, timeout=10)
+    p.flush(10)
     n = 0
     for due in paced(rate, duration_s):
         for _ in range(due):

@@ -304,6 +304,13 @@ class Herald:
                 out["txns"] = float(line.split()[-1])
         return out if "in_flight" in out and "paused" in out else {}
 
+    def lanes(self) -> int:
+        """How many consumers (group members) this instance runs, one per lane."""
+        url = f"http://127.0.0.1:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=1) as r:
+            text = r.read().decode()
+        return sum(line.startswith("herald_consumer_paused{") for line in text.splitlines())
+
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
         while not self.ready():
@@ -327,3 +334,44 @@ class Herald:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+def wait_group_settled(bootstrap: str, group: str, members: int, timeout_s: float = 60) -> float:
+    """Until `group` is Stable with `members` members and its assignment has not changed for
+    a second; returns the seconds waited.
+
+    An instance is ready once its own lanes have joined, but partitions may still be moving
+    to a member that joined later: a record produced then waits for the move (revoke, drain,
+    assign, fetch), up to a couple of seconds. That is the cost of a rebalance, not the
+    steady state a paced row measures, so paced rows start producing after this.
+    """
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    began = time.monotonic()
+    last: object = None
+    since = began
+    while time.monotonic() - began < timeout_s:
+        desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+        shape = (
+            desc.state,
+            sorted(
+                (
+                    m.member_id,
+                    sorted((tp.topic, tp.partition) for tp in m.assignment.topic_partitions),
+                )
+                for m in desc.members
+            ),
+        )
+        now = time.monotonic()
+        if shape != last:
+            last, since = shape, now
+        elif (
+            desc.state == ConsumerGroupState.STABLE
+            and len(desc.members) == members
+            and now - since >= 1.0
+        ):
+            return now - began
+        time.sleep(0.2)
+    raise RuntimeError(f"consumer group {group} not settled after {timeout_s} s: {last}")

@@ -55,6 +55,7 @@ from bench.procs import (
     memory_mb,
     steal_seconds,
     thread_cpu,
+    wait_group_settled,
 )
 from bench.sink import SinkProcess
 
@@ -467,7 +468,9 @@ def run_herald(ctx: Context, spec: HeraldRun) -> dict[str, Any]:
         h.start()
     for h in heralds:
         h.wait_ready()
-    time.sleep(1.0)  # let a second member's join settle
+    members = sum(h.lanes() for h in heralds)
+    settled = wait_group_settled(ctx.broker.bootstrap, f"{prefix}herald", members)
+    log(f"{spec.name}: group of {members} members settled {settled:.1f} s after ready")
     pids = {h.name: h.pid for h in heralds}
     win = Window({**pids, "sink": ctx.sink.pid, "broker": ctx.broker.pid, "bench": os.getpid()})
     t_start = time.time()
