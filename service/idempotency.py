@@ -15,6 +15,7 @@ all instances, so a partition moving between them cannot cause a duplicate).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
@@ -176,23 +177,24 @@ class SqliteStore(IdempotencyStore):
         now_ms = int(time.time() * 1000)
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT INTO notification_keys (key, value, updated_ms) VALUES (?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET "
-                    "value = excluded.value, updated_ms = excluded.updated_ms",
-                    [(k, v, now_ms) for k, v in batch.items() if v is not None],
-                )
-                self._db.executemany(
-                    "DELETE FROM notification_keys WHERE key = ?",
-                    [(k,) for k, v in batch.items() if v is None],
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            self._db.executemany(
+                "INSERT INTO notification_keys (key, value, updated_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET "
+                "value = excluded.value, updated_ms = excluded.updated_ms",
+                [(k, v, now_ms) for k, v in batch.items() if v is not None],
+            )
+            self._db.executemany(
+                "DELETE FROM notification_keys WHERE key = ?",
+                [(k,) for k, v in batch.items() if v is None],
+            )
             self._db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"sqlite: {exc}") from exc
+        except BaseException as exc:
+            if self._db.in_transaction:  # a failed COMMIT leaves it open: the next BEGIN would fail
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                raise StoreUnavailable(f"sqlite: {exc}") from exc
+            raise
 
     async def claim(self, key: str) -> Prior:
         self._claims += 1

@@ -158,3 +158,26 @@ async def test_sqlite_locked_by_another_process_is_store_unavailable(tmp_path: P
             other.close()
         await wait_for_store(lambda: s.data_started("k"))
         assert State.IN_DATA == _in_file(path, "k")
+
+
+async def test_sqlite_full_file_is_store_unavailable_and_the_store_recovers(
+    tmp_path: Path,
+) -> None:
+    """A write failing inside the transaction (the file may not grow: SQLITE_FULL, produced
+    with `max_page_count`) rolls it back, so the next write can begin one of its own."""
+    async with SqliteStore(tmp_path / "keys.sqlite3", retention_h=1) as s:
+        db = s._db  # the store's own connection: the limit applies to it only
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {pages}")
+
+        async def fill() -> None:
+            for i in range(200):  # until a page must be added
+                await s.data_started(f"{i:0>500}")
+
+        with pytest.raises(StoreUnavailable, match="full"):
+            await fill()
+        assert not db.in_transaction
+        db.execute("PRAGMA max_page_count = 1073741823")
+        await s.data_started("after")
+        await s.accepted("after", message_id="<m@x>", smtp_code=250, sent_at_ms=1)
+        assert State.ACCEPTED == (await s.claim("after")).state
