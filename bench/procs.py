@@ -287,9 +287,7 @@ class Herald:
         """herald_in_flight (all lanes), herald_consumer_paused and the transaction time's sum
         and count (standard lane) from Herald's /metrics ({} if none)."""
         try:
-            url = f"http://127.0.0.1:{self.http_port}/metrics"
-            with urllib.request.urlopen(url, timeout=1) as r:
-                text = r.read().decode()
+            text = self._metrics()
         except (urllib.error.URLError, OSError):
             return {}
         out: dict[str, float] = {}
@@ -306,10 +304,14 @@ class Herald:
 
     def lanes(self) -> int:
         """How many consumers (group members) this instance runs, one per lane."""
+        return sum(
+            line.startswith("herald_consumer_paused{") for line in self._metrics().splitlines()
+        )
+
+    def _metrics(self) -> str:
         url = f"http://127.0.0.1:{self.http_port}/metrics"
         with urllib.request.urlopen(url, timeout=1) as r:
-            text = r.read().decode()
-        return sum(line.startswith("herald_consumer_paused{") for line in text.splitlines())
+            return str(r.read().decode())
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s

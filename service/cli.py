@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import signal
 import sys
 import time
@@ -30,6 +29,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 async def _run(settings: Settings) -> None:
     from service.app import Herald
+    from service.rendering import freeze_heap
 
     herald = Herald(settings)
     stop = asyncio.Event()
@@ -41,17 +41,6 @@ async def _run(settings: Settings) -> None:
     if not running.done():
         freeze_heap()
     await running
-
-
-def freeze_heap() -> None:
-    """Hide what start-up built from the garbage collector: it lives as long as the process.
-
-    Compiled templates, schemas and CLDR data are most of the heap. Every full collection
-    walked them, ~45 ms on this machine with the event loop stopped, and set the latency
-    tail of the mail in flight then (docs/benchmarks.md).
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
