@@ -13,6 +13,7 @@ import asyncio
 import email
 import email.policy
 import socket
+import time
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
@@ -34,6 +35,10 @@ class Received:
     envelope_from: str
     envelope_to: list[str]
     data: bytes
+    began: float = 0.0
+    """`time.monotonic()` when the server began this DATA (the server's clock, not the test's)."""
+    ended: float = 0.0
+    """`time.monotonic()` when the server accepted it."""
 
     @property
     def message(self) -> EmailMessage:
@@ -75,6 +80,7 @@ class RecordingHandler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        began = time.monotonic()
         self.data_started.append(list(envelope.rcpt_tos))
         if any(r.split("@", 1)[0].startswith("slow") for r in envelope.rcpt_tos):
             await asyncio.sleep(SLOW_DATA_S)
@@ -82,7 +88,13 @@ class RecordingHandler:
             server.transport.close()  # body received, reply never sent
             return "250 2.0.0 never seen"
         self.received.append(
-            Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+            Received(
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                envelope.original_content,
+                began,
+                time.monotonic(),
+            )
         )
         return "250 2.0.0 Ok: queued"
 
