@@ -84,6 +84,7 @@ class Consumer:
         self._in_flight = metrics.in_flight.labels(lane)
         self._paused_gauge = metrics.paused.labels(lane)
         self._transaction_seconds = metrics.transaction_seconds.labels(lane)
+        self._consume_delay = metrics.consume_delay_seconds.labels(lane)
         self._kafka = kafka
         self._proc = processing
         self._max_uncommitted = _UNCOMMITTED_PER_SLOT * processing.max_in_flight
@@ -243,6 +244,8 @@ class Consumer:
                 self._defer(tp, raw.offset, wait_s)
                 deferred_now.add(tp)
                 return
+        elif raw.timestamp_ms is not None:
+            self._consume_delay.observe(max(0.0, time.time() - raw.timestamp_ms / 1000))
         self._tracker.track(tp, raw.offset)
         self._in_flight.inc()
         prev = self._tails.get((*tp, raw.key)) if raw.key is not None else None

@@ -13,6 +13,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from service.errors import DeliveryError, DeliveryUnknownError, TransientDeliveryError
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+_DELAY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
+_DELAY_BUCKETS += (30, 60, 300, 1800)
 
 
 class Metrics:
@@ -98,6 +100,16 @@ class Metrics:
             "herald_smtp_seconds",
             "Time of one SMTP transaction.",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.consume_delay_seconds = Histogram(
+            "herald_consume_delay_seconds",
+            "From a record's Kafka timestamp to Herald taking it from the consumer, per lane: "
+            "the part of event-to-accepted spent before Herald (producer batching, broker, "
+            "fetch, a paused or lagging lane). Retry records, which wait on purpose, are not "
+            "counted.",
+            ["lane"],
+            buckets=_DELAY_BUCKETS,
             registry=r,
         )
         self.event_to_accepted_seconds = Histogram(

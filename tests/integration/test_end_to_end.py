@@ -126,6 +126,13 @@ async def test_each_event_type_reaches_the_inbox_and_the_results_topic(
     assert 'herald_notifications_total{notification="order.receipt",status="sent"} 1.0' in metrics
     assert 'herald_smtp_attempts_total{reply_class="2xx",result="accepted"} 3.0' in metrics
     assert "herald_event_to_accepted_seconds_bucket" in metrics
+    consume_delays = {  # one observation per record taken, by the lane that took it
+        line.split('lane="')[1].split('"')[0]: float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("herald_consume_delay_seconds_count{")
+    }
+    assert len(records) == sum(consume_delays.values())
+    assert 0 == consume_delays.get("retry", 0)
     lag_topics = {
         line.split('topic="')[1].split('"')[0]
         for line in metrics.splitlines()
