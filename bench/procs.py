@@ -3,6 +3,7 @@ broker, and Herald instances as child processes."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import signal
@@ -307,6 +308,21 @@ class Herald:
         return sum(
             line.startswith("herald_consumer_paused{") for line in self._metrics().splitlines()
         )
+
+    def histogram(self, name: str) -> dict[float, float]:
+        """Cumulative bucket counts of one of Herald's histograms, summed over its labels
+        ({} if Herald does not answer)."""
+        try:
+            text = self._metrics()
+        except (urllib.error.URLError, OSError):
+            return {}
+        out: dict[float, float] = {}
+        for line in text.splitlines():
+            if line.startswith(name + "_bucket{"):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                bound = math.inf if le == "+Inf" else float(le)
+                out[bound] = out.get(bound, 0.0) + float(line.split()[-1])
+        return out
 
     def _metrics(self) -> str:
         url = f"http://127.0.0.1:{self.http_port}/metrics"

@@ -171,6 +171,32 @@ class Window:
         return procs, round(other, 2)
 
 
+def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The `q` quantile of a histogram's cumulative buckets, interpolated within its bucket
+    as Prometheus' `histogram_quantile` does: an estimate, as fine as the buckets."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] == 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    low, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == math.inf:
+                return low
+            return low + (bound - low) * (rank - below) / (count - below)
+        low, below = bound, count
+    return None
+
+
+_SPLIT = {
+    "consume_delay": "herald_consume_delay_seconds",
+    "event_to_accepted": "herald_event_to_accepted_seconds",
+}
+"""Herald's own histograms that split a paced row's latency: before Herald took the record,
+and in all."""
+
+
 def percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {}
@@ -571,6 +597,12 @@ def run_herald(ctx: Context, spec: HeraldRun) -> dict[str, Any]:
                     1000 * (t[-1]["txn_s"] - t[0]["txn_s"]) / (t[-1]["txns"] - t[0]["txns"]), 1
                 )
                 procs[h.name]["txns"] = int(t[-1]["txns"] - t[0]["txns"])
+    histograms: dict[str, dict[float, float]] = {}
+    for metric in _SPLIT.values():  # read before the instances stop, summed over them
+        merged = histograms.setdefault(metric, {})
+        for h in heralds:
+            for bound, count in h.histogram(metric).items():
+                merged[bound] = merged.get(bound, 0.0) + count
     codes = [h.stop() for h in heralds]
     if thread:
         thread.join(timeout=30)
@@ -601,6 +633,7 @@ def run_herald(ctx: Context, spec: HeraldRun) -> dict[str, Any]:
         "expected": expected_mails,
         "error": error,
         "exit_codes": codes,
+        "histograms": histograms,
     }
 
 
@@ -675,6 +708,19 @@ def scenario_paced(ctx: Context, name: str, instances: int, rate_: float) -> Row
     res = run_herald(ctx, HeraldRun(name, instances, paced_rate=rate_, paced_s=ctx.args.paced_s))
     row = _herald_row(ctx, name, f"Herald x{instances}, paced at {rate_:.0f}/s", res, paced=True)
     row.extra["target_rate"] = rate_
+    split = {
+        key: {
+            f"p{round(q * 100)}": round(1000 * v, 1)
+            for q in (0.5, 0.99)
+            if (v := bucket_quantile(res["histograms"][metric], q)) is not None
+        }
+        for key, metric in _SPLIT.items()
+    }
+    row.extra["latency_split_ms"] = split
+    log(
+        f"{name}: Herald's histograms (bucket estimates): before Herald took the record "
+        f"{split['consume_delay']} ms, event to accepted {split['event_to_accepted']} ms"
+    )
     row.extra["tail"] = _tail(res["records"], res["sent"])
     if row.extra["tail"]:
         log(f"{name}: mails over 100 ms, by second after the first event: {row.extra['tail']}")
