@@ -13,8 +13,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from service.errors import DeliveryError, DeliveryUnknownError, TransientDeliveryError
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
-_DELAY_BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10)
-_DELAY_BUCKETS += (30, 60, 300, 1800)
+_DELAY_BUCKETS: tuple[float, ...] = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25)
+_DELAY_BUCKETS += (0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+"""Finer than the latency buckets below 250 ms: this is where a paced tail is decided."""
 
 
 class Metrics:
