@@ -193,7 +193,7 @@ _SPLIT = {
     "consume_delay": "herald_consume_delay_seconds",
     "event_to_accepted": "herald_event_to_accepted_seconds",
 }
-"""Herald's own histograms that split a paced row's latency: before Herald took the record,
+"""Herald's own histograms that split a paced row's latency: before Herald's loop took the record,
 and in all."""
 
 
@@ -718,7 +718,7 @@ def scenario_paced(ctx: Context, name: str, instances: int, rate_: float) -> Row
     }
     row.extra["latency_split_ms"] = split
     log(
-        f"{name}: Herald's histograms (bucket estimates): before Herald took the record "
+        f"{name}: Herald's histograms (bucket estimates): before Herald's loop took the record "
         f"{split['consume_delay']} ms, event to accepted {split['event_to_accepted']} ms"
     )
     row.extra["tail"] = _tail(res["records"], res["sent"])

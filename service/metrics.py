@@ -105,10 +105,10 @@ class Metrics:
         )
         self.consume_delay_seconds = Histogram(
             "herald_consume_delay_seconds",
-            "From a record's Kafka timestamp to Herald taking it from the consumer, per lane: "
-            "the part of event-to-accepted spent before Herald (producer batching, broker, "
-            "fetch, a paused or lagging lane). Retry records, which wait on purpose, are not "
-            "counted.",
+            "From a record's Kafka timestamp to Herald's event loop taking it, per lane: the "
+            "part of event-to-accepted spent before the mail's own work (producer batching, "
+            "broker, fetch, a paused or lagging lane, a loop too busy to ask). Retry records, "
+            "which wait on purpose, are not counted.",
             ["lane"],
             buckets=_DELAY_BUCKETS,
             registry=r,
