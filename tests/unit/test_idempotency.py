@@ -114,7 +114,7 @@ async def test_sqlite_commits_a_pass_of_writes_together(tmp_path: Path) -> None:
         keys = [f"k{i}" for i in range(50)]
         for k in keys:
             await s.claim(k)
-        await asyncio.sleep(0)  # the claims' commit
+        await asyncio.sleep(0)
         before = wal.stat().st_size
         await asyncio.gather(
             *(s.accepted(k, message_id=f"<{k}@x>", smtp_code=250, sent_at_ms=1) for k in keys)
@@ -122,6 +122,26 @@ async def test_sqlite_commits_a_pass_of_writes_together(tmp_path: Path) -> None:
         frames = (wal.stat().st_size - before) / (4096 + 24)
         assert 1 <= frames <= 5
         assert all(State.ACCEPTED == _in_file(path, k) for k in keys)
+
+
+async def test_sqlite_claims_wait_for_the_next_commit(tmp_path: Path) -> None:
+    """A claim makes no commit of its own (a lost claim reads as new: send, the same thing);
+    the next commit, here the in-DATA mark of another key, writes it; closing writes the rest."""
+    path = tmp_path / "keys.sqlite3"
+    wal = tmp_path / "keys.sqlite3-wal"
+    s = SqliteStore(path, retention_h=1)
+    before = wal.stat().st_size  # the table, made at open
+    await s.claim("a")
+    await s.claim("b")
+    await asyncio.sleep(0.01)
+    assert before == wal.stat().st_size
+    assert _in_file(path, "a") is None
+    await s.data_started("b")
+    assert State.CLAIMED == _in_file(path, "a")
+    assert State.IN_DATA == _in_file(path, "b")
+    await s.claim("c")
+    await s.close()
+    assert State.CLAIMED == _in_file(path, "c")
 
 
 async def test_sqlite_cancelled_caller_does_not_cancel_the_shared_commit(tmp_path: Path) -> None:
