@@ -5,7 +5,9 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import babel.numbers
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -228,6 +230,23 @@ def test_warm_compiles_every_template_before_the_first_mail(loaded: Loaded) -> N
         for locale in ("en", "fr"):
             _render(loaded, event_type, renderer=renderer, locale=locale)
     assert compiled == []
+
+
+def test_warm_loads_the_formats_of_every_template_locale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Babel reads a locale's data on first use; `warm()` makes that use, not the first mail."""
+    formatted: list[str] = []
+    real = babel.numbers.format_currency
+
+    def spy(*args: Any, locale: Any, **kwargs: Any) -> str:
+        formatted.append(str(locale))
+        return str(real(*args, locale=locale, **kwargs))
+
+    monkeypatch.setattr(babel.numbers, "format_currency", spy)
+    renderer = Renderer(ROOT / "templates", BrandSettings())
+    renderer.warm()
+    assert sorted(renderer.locales) == sorted(formatted)
 
 
 def test_warm_names_the_template_that_does_not_compile(tmp_path: Path) -> None:
