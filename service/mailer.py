@@ -179,6 +179,33 @@ class Mailer:
             except Exception:  # closing anyway; a QUIT refused changes nothing
                 conn.close()
 
+    async def warm(self) -> int:
+        """Open the pool's connections before the first mail needs one, so it does not pay
+        for connecting, STARTTLS and AUTH (a round trip or more each): after a deploy the
+        first mail is often a password reset. Returns how many opened. A relay out of reach
+        is only logged: mail connects again when it comes, and the breaker judges then."""
+
+        async def one() -> DeliveryError | None:
+            await self._slots.acquire(True)  # any free slot; a mail waiting takes this one
+            try:
+                conn, _ = await self._acquire(fresh=True)
+                self._idle.append(conn)
+                return None
+            except DeliveryError as exc:
+                return exc
+            finally:
+                self._slots.release(True)
+
+        errors = await asyncio.gather(*(one() for _ in range(self._s.pool_size)))
+        failed = [e for e in errors if e is not None]
+        if failed:
+            log.warning(
+                "SMTP connections not opened at start-up; mail will connect when it comes",
+                failed=len(failed),
+                error=str(failed[0]),
+            )
+        return len(errors) - len(failed)
+
     def _client(self) -> aiosmtplib.SMTP:
         s = self._s
         return aiosmtplib.SMTP(

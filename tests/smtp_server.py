@@ -54,10 +54,13 @@ class RecordingHandler:
     """Recipients of every DATA the server began, received or not."""
     pipelining: bool = False
     """Offer PIPELINING (RFC 2920) in the EHLO reply; aiosmtpd reads pipelined commands."""
+    ehlos: int = 0
+    """EHLO commands answered: one per connection Herald opens (no TLS here)."""
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
+        self.ehlos += 1
         session.host_name = hostname  # what aiosmtpd does itself when there is no hook
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")

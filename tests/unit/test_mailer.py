@@ -99,6 +99,31 @@ async def test_connection_lost_after_data_is_unknown_and_not_retried(server: Smt
     assert 250 == ok.code
 
 
+async def test_warm_opens_the_pool_before_the_first_mail(server: SmtpServer) -> None:
+    """Every connection of the pool is open before any mail, and mail then opens none."""
+    async with Mailer(_settings(server, pool_size=3), Metrics()) as mailer:
+        assert 3 == await mailer.warm()
+        assert 3 == server.handler.ehlos
+        results = await asyncio.gather(
+            *(mailer.send(_email(f"user{i}@example.com", i)) for i in range(6))
+        )
+        assert [250] * 6 == [r.code for r in results]
+        assert 3 == server.handler.ehlos
+
+
+async def test_warm_with_the_relay_out_of_reach_opens_nothing_and_leaves_the_breaker_shut() -> None:
+    """Start-up goes on; the first mail connects again, and the breaker judges then."""
+    from tests.smtp_server import free_port
+
+    s = SmtpSettings(
+        host="127.0.0.1", port=free_port(), tls="none", timeout_s=2, breaker_threshold=1
+    )
+    async with Mailer(s, Metrics()) as mailer:
+        assert 0 == await mailer.warm()
+        assert [] == mailer._idle
+        assert not mailer.breaker.is_open
+
+
 async def test_server_down_opens_the_breaker_without_burning_tries() -> None:
     """Refused connections count against the server, not the message; after `threshold` of
     them the breaker opens and sends fail fast until the cool-down lets a probe through."""
