@@ -200,10 +200,7 @@ class Herald:
             mailer = await stack.enter_async_context(
                 Mailer(s.smtp, self.metrics, express_slots=reserved)
             )
-            # In the background: a relay slow to answer must not hold up joining the group.
-            # Stopped before the mailer closes; whatever it met, the first mail meets again.
-            warming = asyncio.create_task(mailer.warm())
-            stack.push_async_callback(_stop, warming)
+            mailer.warm_in_background()
             local = LocalMessages(self.loaded.renderer, s.mail)
             messages: Messages = local
             if s.processing.render_workers:
@@ -332,8 +329,3 @@ async def _run_together(consumers: list[Consumer], stop: asyncio.Event) -> None:
     for t in tasks:
         if not t.cancelled() and (exc := t.exception()) is not None:
             raise exc
-
-
-async def _stop(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)

@@ -164,6 +164,7 @@ class Mailer:
         self._idle: list[Connection] = []
         self._slots = Slots(settings.pool_size, express_slots)
         self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown_s)
+        self._warming: asyncio.Task[int] | None = None
 
     async def __aenter__(self) -> Mailer:
         return self
@@ -172,12 +173,20 @@ class Mailer:
         await self.close()
 
     async def close(self) -> None:
+        if self._warming is not None:  # first, or it could add a connection after the QUITs
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         idle, self._idle = self._idle, []
         for conn in idle:
             try:
                 await asyncio.wait_for(conn.quit(), timeout=2)
             except Exception:  # closing anyway; a QUIT refused changes nothing
                 conn.close()
+
+    def warm_in_background(self) -> None:
+        """`warm()` without waiting for it: a relay slow to answer must not hold up start-up.
+        `close()` stops it."""
+        self._warming = asyncio.create_task(self.warm())
 
     async def warm(self) -> int:
         """Open the pool's connections before the first mail needs one, so it does not pay

@@ -111,6 +111,16 @@ async def test_warm_opens_the_pool_before_the_first_mail(server: SmtpServer) -> 
         assert 3 == server.handler.ehlos
 
 
+async def test_warming_in_the_background_is_stopped_by_close(server: SmtpServer) -> None:
+    """Closing right after start-up stops the warm-up; nothing is left open or raised."""
+    mailer = Mailer(_settings(server, pool_size=3), Metrics())
+    mailer.warm_in_background()
+    await mailer.close()
+    assert mailer._warming is not None
+    assert mailer._warming.done()
+    assert [] == mailer._idle
+
+
 async def test_warm_with_the_relay_out_of_reach_opens_nothing_and_leaves_the_breaker_shut() -> None:
     """Start-up goes on; the first mail connects again, and the breaker judges then."""
     from tests.smtp_server import free_port
