@@ -26,7 +26,7 @@ from bench.run import percentiles
 
 def measure(bootstrap: str, mode: str, rate: float, seconds: float) -> dict[str, float]:
     topic = f"lat-{mode}-{uuid.uuid4().hex[:6]}"
-    from service.admin import ensure_topics
+    from service.kafka.admin import ensure_topics
 
     ensure_topics({"bootstrap.servers": bootstrap}, [topic], partitions=2)
     c = confluent_kafka.Consumer(

@@ -20,10 +20,10 @@ import confluent_kafka
 import yaml
 
 from service.app import Loaded
-from service.avro import StoredSchema, encode_single_object
-from service.examples import load_example
-from service.mime import message_id
+from service.delivery.mime import message_id
+from service.events.schemas import StoredSchema, encode_single_object
 from service.routing import idempotency_key
+from service.tools.examples import load_example
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "schemas" / "examples"

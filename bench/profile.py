@@ -25,49 +25,29 @@ def _lines_calling(path: Path, needle: str) -> set[int]:
     return {i for i, line in enumerate(text, 1) if needle in line}
 
 
-_INLINE_LINES = _lines_calling(ROOT / "service" / "rendering.py", "_inliner.inline(")
+_INLINE_LINES = _lines_calling(ROOT / "service" / "render" / "renderer.py", "_inliner.inline(")
 
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [
-    # Also matched by line, below: rendering.py's calls into css_inline.
-    ("CSS inlining (css_inline)", ("service/css_preinline.py", "service/template_markup.py")),
+    # Also matched by line, below: the renderer's calls into css_inline.
+    ("CSS inlining (css_inline)", ("service/render/preinline.py", "service/render/scanner.py")),
+    ("MIME building (service/delivery/mime.py)", ("/email/", "service/delivery/mime.py")),
+    ("UTM/unsubscribe links (service/render/links.py)", ("service/render/links.py", "/urllib/")),
     (
         "Templates: Jinja2 + Babel filters",
-        (
-            "/jinja2/",
-            "/babel/",
-            "/markupsafe/",
-            "templates/",
-            ".html",
-            ".txt",
-            "service/rendering.py",
-        ),
+        ("/jinja2/", "/babel/", "/markupsafe/", "templates/", ".html", ".txt", "service/render/"),
     ),
-    ("MIME building (email pkg, service/mime.py)", ("/email/", "service/mime.py")),
-    ("UTM/unsubscribe links (service/links.py)", ("service/links.py", "/urllib/")),
-    ("SMTP client (aiosmtplib)", ("/aiosmtplib/", "service/mailer.py")),
-    ("Idempotency store (sqlite3)", ("service/idempotency.py", "/sqlite3/")),
-    ("Outcomes (Avro encode, service/results.py)", ("service/results.py",)),
-    (
-        "Avro decode (fastavro, service/events.py)",
-        (
-            "/fastavro/",
-            "service/events.py",
-            "service/avro.py",
-        ),
-    ),
+    ("SMTP client (aiosmtplib, service/delivery/)", ("/aiosmtplib/", "service/delivery/")),
+    ("Idempotency store (sqlite3)", ("service/stores/", "/sqlite3/")),
+    ("Outcomes (Avro encode, service/outcomes/)", ("service/outcomes/",)),
+    ("Avro decode (fastavro, service/events/)", ("/fastavro/", "service/events/")),
     (
         "Kafka client + consumer bookkeeping",
-        (
-            "/confluent_kafka/",
-            "service/consumer.py",
-            "service/kafka.py",
-            "service/offsets.py",
-        ),
+        ("/confluent_kafka/", "service/kafka/", "service/flow/consumer.py", "service/flow/lane.py"),
     ),
     ("Logging (structlog)", ("/structlog/", "/logging/", "service/logs.py")),
     ("Metrics (prometheus_client)", ("/prometheus_client/", "service/metrics.py")),
-    ("Routing (service/routing.py)", ("service/routing.py",)),
-    ("Pipeline glue (service/pipeline.py)", ("service/pipeline.py",)),
+    ("Routing and policy", ("service/routing.py", "service/policy/")),
+    ("Flow glue (service/flow/)", ("service/flow/",)),
     ("asyncio event loop, sockets", ("/asyncio/", "selectors.py", "/ssl.py", "socket.py")),
 ]
 OTHER = "Other (startup, stdlib, threads)"
@@ -76,7 +56,7 @@ OTHER = "Other (startup, stdlib, threads)"
 def bucket_of(frames: list[tuple[str, str, int]]) -> str:
     """`frames` leaf first: (function, file, line)."""
     for _func, file, line in frames:
-        if file.endswith("service/rendering.py") and line in _INLINE_LINES:
+        if file.endswith("service/render/renderer.py") and line in _INLINE_LINES:
             return BUCKETS[0][0]
         for name, patterns in BUCKETS:
             if any(p in file for p in patterns):

@@ -393,7 +393,7 @@ def scenario_naive(ctx: Context, prefix: str, topics: list[str], n: int) -> Row:
 
 
 def create_topics(ctx: Context, topics: list[str]) -> None:
-    from service.admin import ensure_topics
+    from service.kafka.admin import ensure_topics
 
     ensure_topics(
         {"bootstrap.servers": ctx.broker.bootstrap}, topics, partitions=ctx.args.partitions
@@ -403,7 +403,7 @@ def create_topics(ctx: Context, topics: list[str]) -> None:
 def count_outcomes(
     bootstrap: str, topic: str, expected: int, timeout_s: float = 60
 ) -> Counter[str]:
-    from service.results import decode_outcome
+    from service.outcomes.records import decode_outcome
 
     c = confluent_kafka.Consumer(
         {

@@ -101,9 +101,10 @@ def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]
     """`k` distinct messages over the mixed types, with Herald's renderer and composer; returns
     them and the mean render+compose seconds per message."""
     from bench.events import EventFactory
-    from service.events import EventDecoder, RawRecord
-    from service.messages import build
-    from service.results import now
+    from service.events.decoder import EventDecoder
+    from service.flow.messages import build
+    from service.kafka.records import RawRecord
+    from service.outcomes.records import now
     from service.routing import route
     from service.settings import MailSettings
 
@@ -130,7 +131,7 @@ def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]
 def blast(args: argparse.Namespace) -> None:
     """Herald's own SMTP pool (service.mailer.Mailer: pooled, pipelined where the server
     offers it, bodies written as composed), fed pre-rendered mail as fast as it takes it."""
-    from service.mailer import Mailer
+    from service.delivery.pool import Mailer
     from service.metrics import Metrics
     from service.settings import SmtpSettings
 
@@ -199,7 +200,8 @@ def _consumer(bootstrap: str, group: str, **extra: Any) -> Any:
 
 
 def decode(args: argparse.Namespace) -> None:
-    from service.events import EventDecoder, RawRecord
+    from service.events.decoder import EventDecoder
+    from service.kafka.records import RawRecord
 
     loaded = _loaded(args.routing)
     prefix = args.prefix
@@ -251,7 +253,8 @@ def naive(args: argparse.Namespace) -> None:
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     from service import rendering
-    from service.events import EventDecoder, RawRecord
+    from service.events.decoder import EventDecoder
+    from service.kafka.records import RawRecord
     from service.routing import route
 
     loaded = _loaded(args.routing)

@@ -12,22 +12,24 @@ from typing import Any
 
 import structlog
 
-from service.admin import ensure_topics
-from service.avro import SchemaStore
-from service.consumer import Consumer
+from service.delivery.pool import Mailer
+from service.delivery.slots import Slots
+from service.endpoint import HttpEndpoint
 from service.errors import ConfigError
-from service.events import EventDecoder, TopicBinding, check_envelope
-from service.idempotency import open_store
-from service.kafka import TransactionalProducer
-from service.mailer import Mailer, Slots
-from service.messages import LocalMessages, Messages, Recipe, WorkerMessages
-from service.metrics import HttpEndpoint, Metrics
-from service.pipeline import Pipeline
-from service.rendering import Renderer
-from service.results import OutcomeCodec
-from service.retries import RetryPolicy
+from service.events.decoder import EventDecoder, TopicBinding, check_envelope
+from service.events.schemas import SchemaStore
+from service.flow.consumer import Consumer
+from service.flow.handler import Pipeline
+from service.flow.messages import LocalMessages, Messages, Recipe, WorkerMessages
+from service.kafka.admin import ensure_topics
+from service.kafka.transactions import TransactionalProducer
+from service.metrics import Metrics
+from service.outcomes.records import OutcomeCodec
+from service.outcomes.retries import RetryPolicy
+from service.render.renderer import Renderer
 from service.routing import Priority, RoutingTable, load_table
 from service.settings import Settings
+from service.stores.idempotency import open_store
 
 log = structlog.get_logger("herald")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import structlog
 
 from service import logs
-from service.consumer import FatalConsumerError
 from service.errors import ConfigError, HeraldError
+from service.flow.consumer import FatalConsumerError
 from service.settings import Settings, load_settings
 
 log = structlog.get_logger("herald.cli")
@@ -29,7 +29,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 async def _run(settings: Settings) -> None:
     from service.app import Herald
-    from service.rendering import freeze_heap
+    from service.render.renderer import freeze_heap
 
     herald = Herald(settings)
     stop = asyncio.Event()
@@ -63,7 +63,7 @@ def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, _: argparse.Namespace) -> int:
     """Configuration, then every route's templates in every locale against its event schema."""
     from service.app import load
-    from service.checks import check, css_fallbacks
+    from service.tools.checks import check, css_fallbacks
 
     loaded = load(settings)
     for warning in css_fallbacks(loaded):
@@ -84,7 +84,7 @@ def cmd_check(settings: Settings, _: argparse.Namespace) -> int:
 
 def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
     from service.app import load
-    from service.preview import render_all, write_gallery
+    from service.tools.preview import render_all, write_gallery
 
     pages = render_all(load(settings), args.examples)
     index = write_gallery(pages, args.out)
@@ -93,9 +93,9 @@ def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
-    from service.admin import ensure_topics
     from service.app import load
-    from service.retries import RetryPolicy
+    from service.kafka.admin import ensure_topics
+    from service.outcomes.retries import RetryPolicy
 
     loaded = load(settings)
     k = settings.kafka
@@ -117,9 +117,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     import confluent_kafka
 
     from service.app import load
-    from service.avro import encode_single_object
-    from service.examples import example_records
-    from service.results import decode_outcome
+    from service.events.schemas import encode_single_object
+    from service.outcomes.records import decode_outcome
+    from service.tools.examples import example_records
 
     loaded = load(settings)
     k = settings.kafka
@@ -177,7 +177,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
     """Re-publish dead letters to their source topics."""
-    from service.redrive import Selection, redrive
+    from service.outcomes.redrive import Selection, redrive
 
     selection = Selection(
         reasons=frozenset(args.reason or ()),
@@ -202,7 +202,7 @@ def _when(text: str | None) -> datetime | None:
 
 
 def cmd_outbox(_: Settings, args: argparse.Namespace) -> int:
-    from service.outbox import serve
+    from service.tools.outbox import serve
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -14,10 +14,11 @@ import structlog
 import structlog.testing
 
 from service.app import Loaded, load
-from service.avro import SchemaStore
-from service.events import Event, RawRecord, Recipient
-from service.examples import example_event, load_example
+from service.events.decoder import Event, Recipient
+from service.events.schemas import SchemaStore
+from service.kafka.records import RawRecord
 from service.settings import Settings
+from service.tools.examples import example_event, load_example
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "schemas" / "examples"

@@ -18,8 +18,8 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from service.avro import SchemaStore
-from service.results import decode_outcome
+from service.events.schemas import SchemaStore
+from service.outcomes.records import decode_outcome
 from tests.chaos.infra import client
 from tests.chaos.workload import Planned
 from tests.conftest import ROOT

@@ -22,8 +22,8 @@ import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from service.app import Loaded
-from service.avro import encode_single_object
-from service.mime import message_id
+from service.delivery.mime import message_id
+from service.events.schemas import encode_single_object
 from service.routing import idempotency_key
 from tests.chaos.infra import client
 from tests.conftest import ROOT, example_record

@@ -22,8 +22,8 @@ from typing import Any
 import confluent_kafka
 import pytest
 
-from service.admin import ensure_topics
 from service.app import Herald
+from service.kafka.admin import ensure_topics
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.conftest import ROOT, project_settings

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.app import Loaded
-from service.avro import encode_single_object
+from service.events.schemas import encode_single_object
 from service.routing import Category
 from tests.conftest import example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for

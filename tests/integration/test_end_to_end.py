@@ -11,8 +11,8 @@ from typing import Any
 from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema
 
 from service.app import Loaded
-from service.avro import encode_single_object, write_body
-from service.results import decode_outcome
+from service.events.schemas import encode_single_object, write_body
+from service.outcomes.records import decode_outcome
 from tests.conftest import example_record
 from tests.integration.conftest import (
     committed,

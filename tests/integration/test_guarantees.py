@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.app import Loaded
-from service.avro import encode_single_object
+from service.events.schemas import encode_single_object
 from tests.conftest import example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
 from tests.integration.test_end_to_end import _outcomes, _scrape

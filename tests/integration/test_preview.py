@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from service.app import load
-from service.preview import render_all, write_gallery
+from service.tools.preview import render_all, write_gallery
 from tests.conftest import EXAMPLES, project_settings
 
 FLAGS = [

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from service.app import Loaded
-from service.redrive import Selection, redrive
+from service.outcomes.redrive import Selection, redrive
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
 from tests.integration.test_end_to_end import _outcomes
 from tests.integration.test_guarantees import TOPIC, _event

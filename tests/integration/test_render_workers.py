@@ -7,8 +7,8 @@ import os
 from typing import Any
 
 from service.app import Loaded
-from service.avro import encode_single_object
-from service.results import decode_outcome
+from service.events.schemas import encode_single_object
+from service.outcomes.records import decode_outcome
 from tests.conftest import example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
 from tests.smtp_server import SmtpServer
@@ -68,6 +68,6 @@ def _render_workers() -> list[str]:
                 command = f.read().split(b"\0")
         except (OSError, ValueError):
             continue
-        if parent == os.getpid() and b"service.messages" in command:
+        if parent == os.getpid() and b"service.flow.messages" in command:
             found.append(pid)
     return found

@@ -15,7 +15,8 @@ import confluent_kafka
 import pytest
 
 from service.errors import TransactionFailed
-from service.kafka import Outbound, TransactionalProducer
+from service.kafka.records import Outbound
+from service.kafka.transactions import TransactionalProducer
 from tests.chaos.infra import (
     DedicatedBroker,
     client,

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from service.app import Loaded, load
-from service.checks import check, css_fallbacks
+from service.tools.checks import check, css_fallbacks
 from tests.conftest import ROOT, project_settings
 
 

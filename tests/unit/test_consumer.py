@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
-from service.consumer import Consumer
-from service.events import RawRecord
-from service.kafka import Outbound, TransactionalProducer
+from service.flow.consumer import Consumer
+from service.flow.handler import Handled
+from service.kafka.records import Outbound, RawRecord
+from service.kafka.transactions import TransactionalProducer
 from service.metrics import Metrics
-from service.pipeline import Handled
-from service.retries import RetryPolicy
+from service.outcomes.retries import RetryPolicy
 from service.settings import KafkaSettings, ProcessingSettings, RetrySettings
 
 STUCK_AFTER_S = 0.4

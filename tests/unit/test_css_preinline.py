@@ -22,11 +22,11 @@ import pytest
 
 from service.app import Loaded, load
 from service.errors import RenderError
-from service.links import decorate
-from service.preview import Page
-from service.rendering import Renderer
+from service.render.links import decorate
+from service.render.renderer import Renderer
 from service.routing import Notification, route
 from service.settings import Settings
+from service.tools.preview import Page
 from tests.conftest import ROOT, event_from_example, project_settings
 
 _NORMALISER = css_inline.CSSInliner(

@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.app import Loaded
-from service.avro import SchemaStore, _stored, encode_single_object, write_body
 from service.errors import ConfigError, DecodeError, RecordTooLarge
-from service.events import EventDecoder, RawRecord, TopicBinding
+from service.events.decoder import EventDecoder, TopicBinding
+from service.events.schemas import SchemaStore, _stored, encode_single_object, write_body
+from service.kafka.records import RawRecord
 from tests.conftest import ROOT, example_record
 
 TOPIC = "user.signed_up"

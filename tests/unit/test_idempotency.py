@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from service.errors import StoreUnavailable
-from service.idempotency import IdempotencyStore, RedisStore, SqliteStore, State, wait_for_store
+from service.stores.idempotency import (
+    IdempotencyStore,
+    RedisStore,
+    SqliteStore,
+    State,
+    wait_for_store,
+)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

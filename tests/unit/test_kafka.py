@@ -10,7 +10,8 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from service.errors import ProducerFenced, TransactionFailed
-from service.kafka import Outbound, TransactionalProducer
+from service.kafka.records import Outbound
+from service.kafka.transactions import TransactionalProducer
 
 TIMEOUT_MS = 1000
 """transaction.timeout.ms: commits are resumed for 2 s (timeout + settle), aborts for 1 s."""

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from service.app import Herald
-from service.retries import RetryPolicy
+from service.outcomes.retries import RetryPolicy
 from tests.conftest import project_settings
 
 

@@ -6,8 +6,8 @@ import hashlib
 import hmac
 from urllib.parse import parse_qs, urlsplit
 
-from service.events import Recipient
-from service.links import decorate, unsubscribe_url, with_utm
+from service.events.decoder import Recipient
+from service.render.links import decorate, unsubscribe_url, with_utm
 
 R = Recipient(
     user_id="u 1/é", email="a@example.com", display_name=None, locale="en", time_zone="UTC"

@@ -11,17 +11,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from service.delivery.mime import Email
+from service.delivery.pool import Mailer
+from service.delivery.slots import Slots
+from service.delivery.smtp import _on_the_wire, classify, enhanced_code
 from service.errors import (
     DeliveryUnknownError,
     PermanentDeliveryError,
     SmtpUnavailable,
     TransientDeliveryError,
 )
-from service.mailer import Mailer, Slots
 from service.metrics import Metrics
-from service.mime import Email
 from service.settings import SmtpSettings
-from service.smtp import _on_the_wire, classify, enhanced_code
 from tests.smtp_server import SmtpServer, TlsSmtpServer
 
 

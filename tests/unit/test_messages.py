@@ -15,14 +15,8 @@ import pytest
 
 from service.app import Loaded
 from service.errors import ConfigError, HeaderInjectionError, InvalidRecipientError
-from service.messages import (
-    LocalMessages,
-    Recipe,
-    WorkerMessages,
-    _pack,
-    _unpack,
-)
-from service.results import now
+from service.flow.messages import LocalMessages, Recipe, WorkerMessages, _pack, _unpack
+from service.outcomes.records import now
 from service.routing import Notification, route
 from tests.conftest import ROOT, event_from_example, project_settings
 

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.app import Loaded
+from service.delivery.mime import Email, compose, seven_bit
 from service.errors import HeaderInjectionError, InvalidRecipientError
-from service.mime import Email, compose, seven_bit
-from service.rendering import Rendered
+from service.render.renderer import Rendered
 from service.routing import Category, Notification, Priority, route
 from service.settings import MailSettings
 from tests.conftest import event_from_example, make_event

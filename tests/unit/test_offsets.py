@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.offsets import OffsetTracker
+from service.kafka.offsets import OffsetTracker
 
 TP = ("t", 0)
 

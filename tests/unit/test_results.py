@@ -6,7 +6,7 @@ from dataclasses import asdict, fields
 from datetime import UTC, datetime
 
 from service.app import Loaded
-from service.results import Outcome, OutcomeCodec, Status, decode_outcome
+from service.outcomes.records import Outcome, OutcomeCodec, Status, decode_outcome
 
 AT = datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=UTC)
 

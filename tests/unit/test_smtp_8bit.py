@@ -15,13 +15,13 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from service.app import Loaded
-from service.mailer import Mailer
+from service.delivery.mime import Email, compose, seven_bit
+from service.delivery.pool import Mailer
+from service.delivery.smtp import _on_the_wire
 from service.metrics import Metrics
-from service.mime import Email, compose, seven_bit
-from service.rendering import Rendered
+from service.render.renderer import Rendered
 from service.routing import route
 from service.settings import MailSettings, SmtpSettings
-from service.smtp import _on_the_wire
 from tests.conftest import event_from_example
 from tests.smtp_server import RecordingHandler, free_port
 

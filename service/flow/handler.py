@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from service.delivery.pool import Mailer
+from service.delivery.slots import Slots
 from service.errors import (
     DeliveryError,
     DeliveryUnknownError,
@@ -22,16 +24,15 @@ from service.errors import (
     SmtpUnavailable,
     TransientDeliveryError,
 )
-from service.events import Event, EventDecoder, RawRecord
-from service.idempotency import IdempotencyStore, State, wait_for_store
-from service.kafka import Outbound
+from service.events.decoder import Event, EventDecoder
+from service.flow.messages import Messages
+from service.kafka.records import Outbound, RawRecord
 from service.logs import mask_emails
-from service.mailer import Mailer, Slots
-from service.messages import Messages
 from service.metrics import Metrics
-from service.results import Outcome, OutcomeCodec, Status, now, record_outcome_id
-from service.retries import RetryPolicy, RetryTicket
+from service.outcomes.records import Outcome, OutcomeCodec, Status, now, record_outcome_id
+from service.outcomes.retries import RetryPolicy, RetryTicket
 from service.routing import Notification, Priority, RoutingTable, route
+from service.stores.idempotency import IdempotencyStore, State, wait_for_store
 
 log = structlog.get_logger("herald.pipeline")
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from service.app import Loaded
-from service.examples import example_event
-from service.rendering import Rendered
+from service.render.renderer import Rendered
 from service.routing import Notification, route
+from service.tools.examples import example_event
 
 _PREHEADER = re.compile(r'<div class="preheader"[^>]*>(.*?)</div>', re.S)
 _FILLER = re.compile(r"[\s\u034f\u200c]+$")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from service.errors import HeaderInjectionError, InvalidRecipientError
-from service.rendering import Rendered
+from service.render.renderer import Rendered
 from service.routing import Notification
 from service.settings import MailSettings
 

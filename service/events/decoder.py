@@ -19,25 +19,13 @@ from typing import Any, Literal
 
 import fastavro
 
-from service.avro import SINGLE_OBJECT_MAGIC, SchemaStore, StoredSchema, read_body
 from service.errors import DecodeError, RecordTooLarge, SchemaRegistryUnavailable
+from service.events.schemas import SINGLE_OBJECT_MAGIC, SchemaStore, StoredSchema, read_body
+from service.kafka.records import RawRecord
 
 Encoding = Literal["single-object", "confluent"]
 CONFLUENT_MAGIC = 0
 ENVELOPE_FIELDS = ("event_id", "occurred_at", "recipient", "payload")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RawRecord:
-    """A consumed Kafka record, before anything is assumed about its bytes."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
-    timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import confluent_kafka
@@ -19,22 +18,13 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from service.errors import ProducerFenced, TransactionFailed
+from service.kafka.records import Outbound
 from service.logs import KAFKA_LOGGER
 
 log = structlog.get_logger("herald.kafka")
 _ABORT_BACKOFF_S = 0.25
 _CALL_S = 5
 """Timeout of each transactional call; init_transactions gets twice as long."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Outbound:
-    """A record Herald writes: an outcome, a dead letter or a retry."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class TransactionalProducer:

@@ -11,8 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from service.avro import SchemaStore, StoredSchema, encode_single_object
-from service.events import Event, RawRecord, Recipient
+from service.events.decoder import Event, Recipient
+from service.events.schemas import SchemaStore, StoredSchema, encode_single_object
+from service.kafka.records import RawRecord
 from service.routing import RoutingTable
 
 

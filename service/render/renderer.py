@@ -40,9 +40,9 @@ from jinja2 import (
 from jinja2.filters import do_wordwrap
 from jinja2.sandbox import SandboxedEnvironment
 
-from service.css_preinline import Preinliner
 from service.errors import ConfigError, HeaderInjectionError, RenderError
-from service.links import decorate, unsubscribe_url
+from service.render.links import decorate, unsubscribe_url
+from service.render.preinline import Preinliner
 from service.routing import Notification
 from service.settings import BrandSettings, LinkSettings
 

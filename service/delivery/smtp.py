@@ -19,13 +19,13 @@ from typing import cast
 
 import aiosmtplib
 
+from service.delivery.mime import Email, seven_bit
 from service.errors import (
     DeliveryError,
     DeliveryUnknownError,
     PermanentDeliveryError,
     TransientDeliveryError,
 )
-from service.mime import Email, seven_bit
 
 _ENHANCED = re.compile(r"^([245]\.\d{1,3}\.\d{1,3})\b")
 

@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Protocol
 
 import structlog
 
+from service.delivery.mime import Email, compose
 from service.errors import (
     ConfigError,
     DeliveryError,
@@ -36,11 +37,11 @@ from service.errors import (
     RecordError,
     RenderError,
 )
-from service.events import Event, RawRecord, Recipient
+from service.events.decoder import Event, Recipient
+from service.kafka.records import RawRecord
 from service.logs import configure
-from service.mime import Email, compose
-from service.rendering import Renderer, freeze_heap
-from service.results import now
+from service.outcomes.records import now
+from service.render.renderer import Renderer, freeze_heap
 from service.routing import Notification
 from service.settings import BrandSettings, LinkSettings, MailSettings
 
@@ -186,7 +187,7 @@ class WorkerMessages:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "service.messages",
+                "service.flow.messages",
                 str(theirs.fileno()),
                 self._log_format,
                 pass_fds=(theirs.fileno(),),
@@ -370,7 +371,7 @@ def _serve(fd: int, log_format: str) -> None:
 
 
 if __name__ == "__main__":
-    # Through the package, not this `__main__`: replies must unpickle as service.messages.
-    from service.messages import _serve as serve
+    # Through the package, not this `__main__`: replies must unpickle as service.flow.messages.
+    from service.flow.messages import _serve as serve
 
     serve(int(sys.argv[1]), sys.argv[2])

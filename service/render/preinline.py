@@ -24,7 +24,7 @@ import css_inline
 from jinja2 import BaseLoader, Environment, meta, nodes
 from markupsafe import Markup
 
-from service.template_markup import (
+from service.render.scanner import (
     UNSUPPORTED,
     Refs,
     Tag,

@@ -19,9 +19,9 @@ import confluent_kafka
 from confluent_kafka import TopicPartition
 
 from service.errors import HeraldError
-from service.events import RawRecord
+from service.kafka.records import RawRecord
 from service.logs import KAFKA_LOGGER
-from service.results import HEADER_PREFIX, foreign_headers
+from service.outcomes.records import HEADER_PREFIX, foreign_headers
 from service.settings import Settings
 
 

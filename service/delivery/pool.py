@@ -8,10 +8,8 @@ The conversation itself (replies classified, pipelining, the body on the wire) i
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,15 +17,13 @@ from datetime import UTC, datetime
 import aiosmtplib
 import structlog
 
-from service.errors import (
-    DeliveryError,
-    SmtpUnavailable,
-    TransientDeliveryError,
-)
+from service.delivery.breaker import CircuitBreaker
+from service.delivery.mime import Email
+from service.delivery.slots import Slots
+from service.delivery.smtp import Connection, Stale, enhanced_code, map_smtp_errors
+from service.errors import DeliveryError, SmtpUnavailable, TransientDeliveryError
 from service.metrics import Metrics
-from service.mime import Email
 from service.settings import SmtpSettings
-from service.smtp import Connection, Stale, enhanced_code, map_smtp_errors
 
 log = structlog.get_logger("herald.mailer")
 
@@ -41,117 +37,6 @@ class Delivery:
     text: str
     attempts: int
     sent_at: datetime
-
-
-class CircuitBreaker:
-    """Opens after `threshold` consecutive server-wide failures; after `cooldown_s` lets one
-    probe through (half-open), which closes it on success or reopens it on failure."""
-
-    def __init__(self, threshold: int, cooldown_s: float) -> None:
-        self._threshold = threshold
-        self._cooldown_s = cooldown_s
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._probing = False
-        self.last_error = ""
-        """The failure that last counted against the server, for the error message."""
-
-    @property
-    def is_open(self) -> bool:
-        """True while sending is refused, cool-down included; consumption pauses meanwhile."""
-        return self._opened_at is not None
-
-    def _ready(self) -> bool:
-        if self._opened_at is None:
-            return True
-        return time.monotonic() - self._opened_at >= self._cooldown_s and not self._probing
-
-    def allow(self) -> bool:
-        """May a send go now? In half-open state only the first caller gets the probe."""
-        if self._opened_at is None:
-            return True
-        if not self._ready():
-            return False
-        self._probing = True
-        return True
-
-    def succeeded(self) -> None:
-        self._failures = 0
-        self._opened_at = None
-        self._probing = False
-
-    def failed(self) -> bool:
-        """Count a server-wide failure; True if this opened the breaker."""
-        self._failures += 1
-        was_open = self._opened_at is not None
-        if self._probing or self._failures >= self._threshold:
-            self._opened_at = time.monotonic()
-            self._probing = False
-            return not was_open
-        return False
-
-    async def wait(self) -> None:
-        """Until a send may be tried again (it may still lose the probe to another caller)."""
-        # The condition is time itself (and a probe's fate), so a short poll is the simplest.
-        while not self._ready():  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-
-
-class Slots:
-    """The pool's connection slots, handed out express first.
-
-    Express waiters are served before any bulk waiter, and `reserved` slots are theirs alone:
-    with every other connection busy with bulk DATA, a password reset still goes at once.
-    """
-
-    def __init__(self, size: int, reserved: int = 0) -> None:
-        self._size = size
-        self._bulk_limit = size - reserved
-        self._used = 0
-        self._bulk_used = 0
-        self._waiters: dict[bool, deque[asyncio.Future[None]]] = {True: deque(), False: deque()}
-
-    def _free(self, express: bool) -> bool:
-        return self._used < self._size and (express or self._bulk_used < self._bulk_limit)
-
-    def _take(self, express: bool) -> None:
-        self._used += 1
-        self._bulk_used += not express
-
-    async def acquire(self, express: bool) -> None:
-        ahead = self._waiters[True] or (not express and self._waiters[False])
-        if not ahead and self._free(express):
-            self._take(express)
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters[express].append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release(express)  # granted, but its task was cancelled before it ran
-            else:
-                # A release may have dropped the cancelled future from the queue already.
-                with contextlib.suppress(ValueError):
-                    self._waiters[express].remove(fut)
-            raise
-
-    def release(self, express: bool) -> None:
-        self._used -= 1
-        self._bulk_used -= not express
-        for kind in (True, False):
-            queue = self._waiters[kind]
-            while queue and self._free(kind):
-                fut = queue.popleft()
-                if not fut.done():
-                    self._take(kind)
-                    fut.set_result(None)
-            if queue:
-                return  # still waiting express mail keeps bulk waiting too
-
-    @property
-    def in_use(self) -> int:
-        return self._used
 
 
 class Mailer:

@@ -19,7 +19,7 @@ from jinja2 import nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from service.app import Loaded
-from service.rendering import PARTS
+from service.render.renderer import PARTS
 
 CONTEXT = {"recipient", "payload", "event", "brand", "notification", "locale", "unsubscribe_url"}
 """Names the renderer puts into every template's context."""

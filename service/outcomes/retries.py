@@ -12,9 +12,8 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from service.events import RawRecord
-from service.kafka import Outbound
-from service.results import HEADER_PREFIX, foreign_headers
+from service.kafka.records import Outbound, RawRecord
+from service.outcomes.records import HEADER_PREFIX, foreign_headers
 from service.settings import RetrySettings
 
 _H = HEADER_PREFIX + "retry."

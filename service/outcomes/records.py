@@ -13,10 +13,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from service.avro import SchemaStore, StoredSchema, encode_single_object, write_body
 from service.errors import ConfigError
-from service.events import RawRecord
-from service.kafka import Outbound
+from service.events.schemas import SchemaStore, StoredSchema, encode_single_object, write_body
+from service.kafka.records import Outbound, RawRecord
 from service.logs import mask_emails
 
 OUTCOME_SCHEMA = "herald.outcomes.NotificationOutcome"
@@ -178,7 +177,7 @@ def foreign_headers(raw: RawRecord) -> tuple[tuple[str, bytes], ...]:
 
 def decode_outcome(value: bytes, store: SchemaStore) -> dict[str, Any]:
     """Read an outcome written in the single-object encoding (for tools and tests)."""
-    from service.avro import SINGLE_OBJECT_MAGIC, read_body
+    from service.events.schemas import SINGLE_OBJECT_MAGIC, read_body
 
     if value[:2] != SINGLE_OBJECT_MAGIC:
         raise ValueError("not a single-object encoded outcome")

@@ -31,13 +31,13 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from service.errors import ProducerFenced, TransactionFailed
-from service.events import RawRecord
-from service.kafka import Outbound, TransactionalProducer
+from service.flow.handler import Handled
+from service.kafka.offsets import OffsetTracker
+from service.kafka.records import Outbound, RawRecord
+from service.kafka.transactions import TransactionalProducer
 from service.logs import KAFKA_LOGGER
 from service.metrics import Metrics
-from service.offsets import OffsetTracker
-from service.pipeline import Handled
-from service.retries import RetryPolicy
+from service.outcomes.retries import RetryPolicy
 from service.settings import KafkaSettings, ProcessingSettings
 
 log = structlog.get_logger("herald.consumer")
