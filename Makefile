@@ -83,9 +83,10 @@ bench: install kafka-fetch ## load benchmark: ratios to the naive baseline and t
 chaos: install system-deps $(BROKER_FOR_TESTS) ## the full fault-injection scenarios (thousands of records each)
 	CHAOS_FULL=1 $(BIN)/pytest tests/chaos -v
 
-lint: install ## ruff
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+lint: install ## ruff, and the import contract between the stages (lint-imports)
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+	$(BIN)/lint-imports
 
 format: install ## ruff format and autofix
 	$(BIN)/ruff format service tests

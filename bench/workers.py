@@ -103,7 +103,6 @@ def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]
     from bench.events import EventFactory
     from service.events.decoder import EventDecoder
     from service.flow.messages import build
-    from service.kafka.records import RawRecord
     from service.outcomes.records import now
     from service.routing import route
     from service.settings import MailSettings
@@ -113,11 +112,11 @@ def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]
     mail = MailSettings()
     raws = []
     for _ in range(k):
-        topic, key, value = factory.make()
-        raws.append(RawRecord(topic=topic, partition=0, offset=0, key=key, value=value))
+        topic, _, value = factory.make()
+        raws.append((topic, value))
 
     async def decode_all() -> list[Any]:
-        return [await decoder.decode(r) for r in raws]
+        return [await decoder.decode(topic, value) for topic, value in raws]
 
     events = asyncio.run(decode_all())
     messages = []
@@ -201,7 +200,6 @@ def _consumer(bootstrap: str, group: str, **extra: Any) -> Any:
 
 def decode(args: argparse.Namespace) -> None:
     from service.events.decoder import EventDecoder
-    from service.kafka.records import RawRecord
 
     loaded = _loaded(args.routing)
     prefix = args.prefix
@@ -227,14 +225,7 @@ def decode(args: argparse.Namespace) -> None:
                 if not first:
                     first = time.monotonic()
                     deadline = first + args.seconds
-                raw = RawRecord(
-                    topic=m.topic(),
-                    partition=m.partition(),
-                    offset=m.offset(),
-                    key=m.key(),
-                    value=m.value(),
-                )
-                await decoder.decode(raw)
+                await decoder.decode(m.topic(), m.value())
                 n += 1
             last = time.monotonic()
         return n, first, last
@@ -254,7 +245,6 @@ def naive(args: argparse.Namespace) -> None:
 
     from service import rendering
     from service.events.decoder import EventDecoder
-    from service.kafka.records import RawRecord
     from service.routing import route
 
     loaded = _loaded(args.routing)
@@ -335,15 +325,7 @@ def naive(args: argparse.Namespace) -> None:
             if not first:
                 first = time.monotonic()
                 deadline = first + args.seconds
-            event = await decoder.decode(
-                RawRecord(
-                    topic=m.topic(),
-                    partition=m.partition(),
-                    offset=m.offset(),
-                    key=m.key(),
-                    value=m.value(),
-                )
-            )
+            event = await decoder.decode(m.topic(), m.value())
             for notification in route(event, loaded.table):
                 await smtp.send_message(render(notification))
                 n += 1

@@ -16,20 +16,23 @@ from service.delivery.pool import Mailer
 from service.delivery.slots import Slots
 from service.endpoint import HttpEndpoint
 from service.errors import ConfigError
-from service.events.decoder import EventDecoder, TopicBinding, check_envelope
+from service.events.decoder import EventDecoder
+from service.events.model import TopicBinding, check_envelope
 from service.events.schemas import SchemaStore
-from service.flow.consumer import Consumer
-from service.flow.handler import Pipeline
+from service.flow.handler import Handler
+from service.flow.lane import Lane
 from service.flow.messages import LocalMessages, Messages, Recipe, WorkerMessages
+from service.flow.plan import LanePlan, express_priority, plan_lanes
 from service.kafka.admin import ensure_topics
 from service.kafka.transactions import TransactionalProducer
 from service.metrics import Metrics
 from service.outcomes.records import OutcomeCodec
 from service.outcomes.retries import RetryPolicy
+from service.policy.policy import Policy
 from service.render.renderer import Renderer
-from service.routing import Priority, RoutingTable, load_table
+from service.routing import RoutingTable, load_table
 from service.settings import Settings
-from service.stores.idempotency import open_store
+from service.stores.idempotency import IdempotencyStore, open_store
 
 log = structlog.get_logger("herald")
 
@@ -123,7 +126,7 @@ def registry_client(settings: Settings) -> Any | None:
 
 
 class Herald:
-    """The service: consumer, pipeline, SMTP pool, producer and HTTP endpoint, composed."""
+    """The service: lanes, handler, SMTP pool, store, producers and HTTP endpoint, composed."""
 
     def __init__(
         self, settings: Settings, *, metrics: Metrics | None = None, registry: Any | None = None
@@ -132,126 +135,57 @@ class Herald:
         self.metrics = metrics or Metrics()
         self.loaded = load(settings)
         self._registry = registry if registry is not None else registry_client(settings)
-        self._consumers: list[Consumer] = []
+        self._lanes: list[Lane] = []
         self.http_port: int | None = None
         self.started = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        return bool(self._consumers) and all(c.ready for c in self._consumers)
-
-    def lanes(self, retries: RetryPolicy) -> list[Lane]:
-        """The express lane (topics with a route of `processing.express_priority` or above),
-        if any; the standard lane with every other event topic; the retry lane.
-
-        The retry topics have a member of their own: in the standard lane their partitions,
-        nearly always empty, counted for the assignor like busy ones, and with two instances
-        one was handed the retry partitions and a quarter of the event partitions, the other
-        the rest (docs/benchmarks.md).
-        """
-        p = self.settings.processing
-        express_events = self.loaded.table.express_events(self.express_priority)
-        bindings = self.loaded.bindings
-        express = sorted(t for t, b in bindings.items() if b.event_type in express_events)
-        standard = sorted(t for t in bindings if t not in express)
-        lanes = [
-            Lane(name="express", topics=express, max_in_flight=p.express_max_in_flight),
-            Lane(name="standard", topics=standard, max_in_flight=p.max_in_flight),
-            Lane(name="retry", topics=list(retries.topics), max_in_flight=p.max_in_flight),
-        ]
-        return [lane for lane in lanes if lane.topics]
-
-    @property
-    def express_priority(self) -> Priority | None:
-        chosen = self.settings.processing.express_priority
-        return None if chosen == "off" else Priority(chosen)
+        return bool(self._lanes) and all(lane.ready for lane in self._lanes)
 
     async def run(self, stop: asyncio.Event) -> None:
-        s = self.settings
-        k = s.kafka
+        """Create what is missing, start every part, run the lanes until `stop`, close all."""
+        s, k = self.settings, self.settings.kafka
         began = time.monotonic()
         retries = RetryPolicy(s.retry, k.topic_prefix)
         codec = await self._codec()
-        own_topics = [codec.results_topic, codec.dead_letter_topic, *retries.topics]
+        dead_letter_topic = k.topic_prefix + k.dead_letter_topic
+        own_topics = [codec.results_topic, dead_letter_topic, *retries.topics]
         await asyncio.to_thread(
             ensure_topics, k.librdkafka(), own_topics, partitions=k.own_topic_partitions
         )
-        lanes = self.lanes(retries)
-        express = lanes[0].name == "express"
-        base_tid = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
-        producers = {
-            lane.name: TransactionalProducer(
-                {**k.librdkafka(), "client.id": f"{k.client_id}{lane.suffix}-out"},
-                base_tid + lane.suffix,
-                k.transaction_timeout_ms,
-            )
-            for lane in lanes
-        }
-        # With render workers, they compile the templates; this process only falls back on
-        # its own copy if none is left, and may compile then.
-        warm = [] if s.processing.render_workers else [asyncio.to_thread(self._warm)]
-        await asyncio.gather(*warm, *(asyncio.to_thread(p.init) for p in producers.values()))
+        plans = plan_lanes(self.loaded.bindings, self.loaded.table, s.processing, retries.topics)
+        producers = await self._producers(plans)
         async with AsyncExitStack() as stack:
-            for lane in lanes:
-                # The consumer may have replaced a stuck client meanwhile: close its current one.
-                stack.callback(self._close_producer, lane.name, producers[lane.name])
-            store = await stack.enter_async_context(
-                open_store(s.idempotency, in_flight=sum(lane.max_in_flight for lane in lanes))
-            )
-            reserved = s.smtp.express_slots if express else 0
-            mailer = await stack.enter_async_context(
-                Mailer(s.smtp, self.metrics, express_slots=reserved)
-            )
-            mailer.warm_in_background()
-            local = LocalMessages(self.loaded.renderer, s.mail)
-            messages: Messages = local
-            if s.processing.render_workers:
-                recipe = Recipe(s.templates_dir, s.brand, s.mail.default_locale, s.links, s.mail)
-                messages = await stack.enter_async_context(
-                    WorkerMessages(recipe, s.processing.render_workers, local, s.log.format)
-                )
+            for plan in plans:
+                # The lane may have replaced a stuck client meanwhile: close its current one.
+                stack.callback(self._close_producer, plan.name, producers[plan.name])
+            handler = await self._handler(stack, plans, codec, dead_letter_topic, retries)
+            mailer = handler.mailer
             http = await stack.enter_async_context(
                 HttpEndpoint(self.metrics, s.http.host, s.http.port, lambda: self.ready)
             )
             self.http_port = http.port
-            pipeline = Pipeline(
-                decoder=EventDecoder(
-                    self.loaded.bindings,
-                    self.loaded.store,
-                    self._registry,
-                    max_record_bytes=s.processing.max_record_bytes,
-                ),
-                table=self.loaded.table,
-                messages=messages,
-                mailer=mailer,
-                store=store,
-                codec=codec,
-                retries=retries,
-                metrics=self.metrics,
-                express=self.express_priority if express else None,
-                # Two per connection: one on the wire, one rendered and ready to go.
-                turns=Slots(2 * s.smtp.pool_size, 2 * reserved),
-            )
-            self._consumers = [
-                Consumer(
-                    k.model_copy(update={"client_id": k.client_id + lane.suffix}),
-                    s.processing.model_copy(update={"max_in_flight": lane.max_in_flight}),
-                    lane.topics,
-                    pipeline.handle,
-                    producers[lane.name],
+            self._lanes = [
+                Lane(
+                    k.model_copy(update={"client_id": k.client_id + plan.suffix}),
+                    s.processing.model_copy(update={"max_in_flight": plan.max_in_flight}),
+                    plan.topics,
+                    handler.handle,
+                    producers[plan.name],
                     retries,
                     self.metrics,
-                    should_pause=lambda: mailer.breaker.is_open,
-                    lane=lane.name,
+                    holds=[mailer],
+                    lane=plan.name,
                 )
-                for lane in lanes
+                for plan in plans
             ]
             log.info(
                 "herald started",
                 topics=sorted(self.loaded.bindings),
-                express_topics=lanes[0].topics if express else [],
+                express_topics=plans[0].topics if plans[0].name == "express" else [],
                 results_topic=codec.results_topic,
-                dead_letter_topic=codec.dead_letter_topic,
+                dead_letter_topic=dead_letter_topic,
                 retry_topics=retries.topics,
                 idempotency=s.idempotency.backend,
                 smtp=f"{s.smtp.host}:{s.smtp.port} tls={s.smtp.tls}",
@@ -259,14 +193,80 @@ class Herald:
             )
             self.started.set()
             try:
-                await _run_together(self._consumers, stop)
+                await _run_together(self._lanes, stop)
             finally:
                 counts: Counter[str] = Counter()
-                for c in self._consumers:
-                    counts.update(c.counts)
-                log.info(
-                    "herald stopped", uptime_s=round(time.monotonic() - began, 1), **dict(counts)
-                )
+                for lane in self._lanes:
+                    counts.update(lane.counts)
+                uptime_s = round(time.monotonic() - began, 1)
+                log.info("herald stopped", uptime_s=uptime_s, **dict(counts))
+
+    async def _producers(self, plans: list[LanePlan]) -> dict[str, TransactionalProducer]:
+        """One transactional producer per lane, initialised while the templates compile."""
+        k = self.settings.kafka
+        base_tid = k.transactional_id or f"{k.group_id}-{socket.gethostname()}"
+        producers = {
+            plan.name: TransactionalProducer(
+                {**k.librdkafka(), "client.id": f"{k.client_id}{plan.suffix}-out"},
+                base_tid + plan.suffix,
+                k.transaction_timeout_ms,
+            )
+            for plan in plans
+        }
+        # With render workers, they compile the templates; this process only falls back on
+        # its own copy if none is left, and may compile then.
+        warm = [] if self.settings.processing.render_workers else [asyncio.to_thread(self._warm)]
+        await asyncio.gather(*warm, *(asyncio.to_thread(p.init) for p in producers.values()))
+        return producers
+
+    async def _handler(
+        self,
+        stack: AsyncExitStack,
+        plans: list[LanePlan],
+        codec: OutcomeCodec,
+        dead_letter_topic: str,
+        retries: RetryPolicy,
+    ) -> Handler:
+        """The stages, their store, pool and render workers opened on `stack`."""
+        s = self.settings
+        store: IdempotencyStore = await stack.enter_async_context(
+            open_store(s.idempotency, in_flight=sum(plan.max_in_flight for plan in plans))
+        )
+        express = express_priority(s.processing) if plans[0].name == "express" else None
+        reserved = s.smtp.express_slots if express else 0
+        mailer = await stack.enter_async_context(
+            Mailer(s.smtp, self.metrics, express_slots=reserved)
+        )
+        mailer.warm_in_background()
+        local = LocalMessages(self.loaded.renderer, s.mail)
+        messages: Messages = local
+        if s.processing.render_workers:
+            recipe = Recipe(s.templates_dir, s.brand, s.mail.default_locale, s.links, s.mail)
+            messages = await stack.enter_async_context(
+                WorkerMessages(recipe, s.processing.render_workers, local, s.log.format)
+            )
+        decoder = EventDecoder(
+            self.loaded.bindings,
+            self.loaded.store,
+            self._registry,
+            max_record_bytes=s.processing.max_record_bytes,
+        )
+        return Handler(
+            decoder=decoder,
+            table=self.loaded.table,
+            policy=Policy(store),
+            messages=messages,
+            mailer=mailer,
+            store=store,
+            codec=codec,
+            dead_letter_topic=dead_letter_topic,
+            retries=retries,
+            smtp=s.smtp,
+            metrics=self.metrics,
+            express=express,
+            # Two per connection: one on the wire, one rendered and ready to go.
+            turns=Slots(2 * s.smtp.pool_size, 2 * reserved),
+        )
 
     def _warm(self) -> None:
         t0 = time.perf_counter()
@@ -274,7 +274,7 @@ class Herald:
         log.info("templates compiled", templates=count, ms=round((time.perf_counter() - t0) * 1000))
 
     def _close_producer(self, lane: str, initial: TransactionalProducer) -> None:
-        current = next((c.producer for c in self._consumers if c.lane == lane), initial)
+        current = next((x.committer.producer for x in self._lanes if x.lane == lane), initial)
         current.close()
 
     async def _codec(self) -> OutcomeCodec:
@@ -291,7 +291,6 @@ class Herald:
             )
         return OutcomeCodec(
             results_topic=results_topic,
-            dead_letter_topic=s.kafka.topic_prefix + s.kafka.dead_letter_topic,
             schema=schema,
             encoding=s.kafka.results_encoding,
             registry_schema_id=schema_id,
@@ -299,26 +298,11 @@ class Herald:
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Lane:
-    """A consumer of its own in the group: topics, in-flight budget and transactions."""
-
-    name: str
-    topics: list[str]
-    max_in_flight: int
-
-    @property
-    def suffix(self) -> str:
-        """Added to the client and transactional ids; none for the standard lane, so an
-        upgrade keeps the transactional id and fences the instance it replaces."""
-        return "" if self.name == "standard" else f"-{self.name}"
-
-
-async def _run_together(consumers: list[Consumer], stop: asyncio.Event) -> None:
+async def _run_together(lanes: list[Lane], stop: asyncio.Event) -> None:
     """Run every lane until `stop`; a lane that ends on its own (a fatal error) stops the
     others, which drain and commit, and its error is raised."""
     inner = asyncio.Event()
-    tasks = [asyncio.create_task(c.run(inner)) for c in consumers]
+    tasks = [asyncio.create_task(lane.run(inner)) for lane in lanes]
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)

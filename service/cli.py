@@ -15,7 +15,6 @@ import structlog
 
 from service import logs
 from service.errors import ConfigError, HeraldError
-from service.flow.consumer import FatalConsumerError
 from service.settings import Settings, load_settings
 
 log = structlog.get_logger("herald.cli")
@@ -176,7 +175,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
-    """Re-publish dead letters to their source topics."""
+    """Re-publish dead letters to their source topics, if Herald consumes them."""
+    from service.app import load
     from service.outcomes.redrive import Selection, redrive
 
     selection = Selection(
@@ -184,12 +184,16 @@ def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:
         since=_when(args.since),
         until=_when(args.until),
     )
-    report = redrive(settings, selection, dry_run=args.dry_run, from_beginning=args.from_beginning)
+    allowed = frozenset(load(settings).bindings)
+    report = redrive(
+        settings, selection, allowed, dry_run=args.dry_run, from_beginning=args.from_beginning
+    )
     verb = "would redrive" if args.dry_run else "redriven"
     by_reason = ", ".join(f"{r}={n}" for r, n in sorted(report.redriven.items())) or "none"
     sys.stdout.write(
         f"{verb}: {sum(report.redriven.values())} ({by_reason}); not selected: {report.skipped}; "
-        f"without a source topic: {report.unroutable}\n"
+        f"without a source topic: {report.unroutable}; refused (a topic Herald does not "
+        f"consume): {report.refused}\n"
     )
     return 0
 
@@ -284,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"herald: configuration error: {exc}\n")
         return 2
-    except (HeraldError, FatalConsumerError) as exc:
+    except HeraldError as exc:
         sys.stderr.write(f"herald: {exc}\n")
         return 1
     except KeyboardInterrupt:

@@ -1,23 +1,32 @@
-"""Herald's exception tree; each class says whether trying again can help.
+"""Herald's exception tree; the attributes an error is made with drive the decision table.
 
-HeraldError                        retryable: class attribute, never guessed by callers
-├── ConfigError                    start-up stops; message names file, key and fix
-├── RecordError                    one record is bad; it goes to the dead-letter topic
-│   ├── DecodeError                bytes are not a known Avro event
-│   ├── RoutingError               no route, or a condition/recipient cannot be evaluated
-│   ├── RenderError                a template failed (missing variable, syntax, sandbox)
-│   └── HeaderInjectionError       CR/LF or another control character bound for a header
-├── DependencyUnavailable          retryable: a service Herald needs is out of reach; wait
+HeraldError                          retryable · server_wide · outcome_known · dead_letter · reason
+├── ConfigError                      start-up stops; the message names file, key and fix
+├── RecordError                      dead_letter: the record's own data; redrive it after a fix
+│   ├── DecodeError                  the bytes are not a known Avro event
+│   │   └── RecordTooLarge           over processing.max_record_bytes: refused unread
+│   ├── RoutingError                 no route, or a condition or recipient path fails
+│   ├── RouteRemoved                 a retry ticket names a route the table no longer has
+│   ├── MalformedTicket              a retry record whose herald.* headers do not read
+│   ├── RenderError                  a template failed on the event's data
+│   └── HeaderInjectionError         CR/LF or another control character bound for a header
+├── DependencyUnavailable            retryable, server_wide: wait for it, then the same step again
 │   ├── SchemaRegistryUnavailable
-│   └── StoreUnavailable           the idempotency store; sending without it could duplicate
-├── DeliveryError                  SMTP said no or could not be reached; carries the reply
-│   ├── TransientDeliveryError     4xx, timeout, connection lost: retry later
-│   │   └── SmtpUnavailable        breaker open: wait for the server, do not count a try
-│   ├── PermanentDeliveryError     5xx: never retry
-│   │   └── InvalidRecipientError  not an address any server could take
-│   └── DeliveryUnknownError       connection lost after DATA was sent (RFC 1047): never retry
-├── TransactionFailed              retryable: outcomes and offsets aborted together
-└── ProducerFenced                 fatal: another instance owns our transactional id
+│   └── StoreUnavailable             the idempotency store; sending without it could duplicate
+├── DeliveryError                    the relay refused or failed; carries its reply
+│   ├── TransientDeliveryError       retryable: 4xx, a timeout, a connection lost before DATA
+│   │   ├── StaleConnection          a pooled connection failed its first command: reconnect
+│   │   └── SmtpUnavailable          server_wide: the breaker is open, the relay left alone
+│   ├── PermanentDeliveryError       5xx: never retried
+│   │   └── InvalidRecipientError    an address no server could take
+│   └── DeliveryUnknownError         not outcome_known: lost after DATA (RFC 1047), never resent
+├── TransactionFailed                retryable: outcomes and offsets aborted together
+├── ProducerFenced                   fatal: another instance owns this transactional id
+├── ConsumerFailed                   fatal: the consumer cannot go on
+└── MarkupUnsafe                     a template's CSS cannot be inlined at load: inlined per mail
+
+Attributes are class-level, except `server_wide`, which a `DeliveryError` is made with (a 421
+or a refused connection is the relay's, a 450 the message's). Nothing changes them afterwards.
 """
 
 from __future__ import annotations
@@ -27,6 +36,13 @@ class HeraldError(Exception):
     """Base of every error Herald raises on purpose."""
 
     retryable: bool = False
+    """Trying the same step again can succeed."""
+    server_wide: bool = False
+    """A dependency failed as a whole (registry, store, relay), not this record: wait for it."""
+    outcome_known: bool = True
+    """False when the step may have taken effect although it failed (RFC 1047)."""
+    dead_letter: bool = False
+    """The record's own data is at fault: its bytes go to the dead-letter topic."""
     reason: str = "error"
     """Machine-readable cause, as written to outcomes and dead-letter headers."""
 
@@ -47,6 +63,8 @@ class ConfigError(HeraldError):
 class RecordError(HeraldError):
     """A record that can never succeed as it is; redrive it after a fix."""
 
+    dead_letter = True
+
 
 class DecodeError(RecordError):
     reason = "decode_error"
@@ -60,12 +78,40 @@ class RoutingError(RecordError):
     reason = "routing_error"
 
 
+class RouteRemoved(RecordError):
+    """A retry round for a notification type the routing table no longer has."""
+
+    reason = "route_removed"
+
+
+class MalformedTicket(RecordError):
+    """A record on a retry topic whose headers are not what Herald writes."""
+
+    reason = "malformed_ticket"
+
+
 class RenderError(RecordError):
     reason = "render_error"
 
 
 class HeaderInjectionError(RecordError):
     reason = "header_injection"
+
+
+class DependencyUnavailable(HeraldError):
+    """Not the record's fault: wait for the dependency and try the same record again."""
+
+    retryable = True
+    server_wide = True
+    reason = "dependency_unavailable"
+
+
+class SchemaRegistryUnavailable(DependencyUnavailable):
+    reason = "registry_unavailable"
+
+
+class StoreUnavailable(DependencyUnavailable):
+    reason = "idempotency_store_unavailable"
 
 
 class DeliveryError(HeraldError):
@@ -80,15 +126,16 @@ class DeliveryError(HeraldError):
         code: int | None = None,
         enhanced_code: str | None = None,
         text: str | None = None,
+        server_wide: bool | None = None,
     ) -> None:
+        """`server_wide`: the relay as a whole failed (unreachable, 421, AUTH); defaults to
+        the class's own answer."""
         super().__init__(message)
         self.code = code
         self.enhanced_code = enhanced_code
         self.text = text
-        self.attempts = 1
-        """SMTP attempts made before giving up; set by the mailer."""
-        self.server_wide = False
-        """The server as a whole failed (unreachable, 421, AUTH), not this message."""
+        if server_wide is not None:
+            self.server_wide = server_wide
 
 
 class TransientDeliveryError(DeliveryError):
@@ -96,9 +143,15 @@ class TransientDeliveryError(DeliveryError):
     reason = "smtp_transient"
 
 
+class StaleConnection(TransientDeliveryError):
+    """The first command on a pooled connection failed: the relay may have timed it out.
+    Nothing of the message was sent, so a fresh connection may try at once."""
+
+
 class SmtpUnavailable(TransientDeliveryError):
     """The breaker is open: the server failed repeatedly; sending now would only burn tries."""
 
+    server_wide = True
     reason = "smtp_unavailable"
 
 
@@ -109,6 +162,7 @@ class PermanentDeliveryError(DeliveryError):
 class DeliveryUnknownError(DeliveryError):
     """The message may have been accepted; resending blindly could deliver it twice."""
 
+    outcome_known = False
     reason = "reply_lost"
 
 
@@ -116,21 +170,6 @@ class InvalidRecipientError(PermanentDeliveryError):
     """The address cannot be written to a header or an RCPT TO; no server can accept it."""
 
     reason = "invalid_address"
-
-
-class DependencyUnavailable(HeraldError):
-    """Not the record's fault: wait for the dependency and try the same record again."""
-
-    retryable = True
-    reason = "dependency_unavailable"
-
-
-class SchemaRegistryUnavailable(DependencyUnavailable):
-    reason = "registry_unavailable"
-
-
-class StoreUnavailable(DependencyUnavailable):
-    reason = "idempotency_store_unavailable"
 
 
 class TransactionFailed(HeraldError):
@@ -144,3 +183,15 @@ class ProducerFenced(HeraldError):
     """Another instance took over this transactional id, or the producer hit a fatal error."""
 
     reason = "producer_fenced"
+
+
+class ConsumerFailed(HeraldError):
+    """The consumer cannot go on (a fatal Kafka error, a fenced producer): exit non-zero."""
+
+    reason = "consumer_failed"
+
+
+class MarkupUnsafe(HeraldError):
+    """A template's markup breaks an assumption of inlining CSS at load: it inlines per mail."""
+
+    reason = "markup_unsafe"

@@ -19,7 +19,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.errors import ConfigError, RoutingError
-from service.events.decoder import Event, Recipient
+from service.events.model import Event, Recipient
 
 
 class Category(StrEnum):

@@ -14,9 +14,8 @@ import structlog
 import structlog.testing
 
 from service.app import Loaded, load
-from service.events.decoder import Event, Recipient
+from service.events.model import Event, Recipient
 from service.events.schemas import SchemaStore
-from service.kafka.records import RawRecord
 from service.settings import Settings
 from service.tools.examples import example_event, load_example
 
@@ -69,7 +68,6 @@ def make_event(
         ),
         payload=payload,
         schema="test",
-        source=RawRecord(topic=event_type, partition=0, offset=0, key=None, value=b""),
     )
 
 

@@ -4,6 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from enum import StrEnum
+
+
+class BreakerState(StrEnum):
+    """closed ─(threshold failures)─► open ─(cool-down, first caller)─► half_open ─(probe
+    succeeds)─► closed; a failed probe opens it again, and any success closes it."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
 
 
 class CircuitBreaker:
@@ -14,47 +24,47 @@ class CircuitBreaker:
         self._threshold = threshold
         self._cooldown_s = cooldown_s
         self._failures = 0
-        self._opened_at: float | None = None
-        self._probing = False
+        self._opened_at = 0.0
+        self.state = BreakerState.CLOSED
         self.last_error = ""
         """The failure that last counted against the server, for the error message."""
 
     @property
     def is_open(self) -> bool:
-        """True while sending is refused, cool-down included; consumption pauses meanwhile."""
-        return self._opened_at is not None
+        """True while sending is refused, cool-down and probe included."""
+        return self.state is not BreakerState.CLOSED
 
-    def _ready(self) -> bool:
-        if self._opened_at is None:
-            return True
-        return time.monotonic() - self._opened_at >= self._cooldown_s and not self._probing
+    def _cooled(self) -> bool:
+        return time.monotonic() - self._opened_at >= self._cooldown_s
 
     def allow(self) -> bool:
-        """May a send go now? In half-open state only the first caller gets the probe."""
-        if self._opened_at is None:
+        """May a send go now? After the cool-down only the first caller gets the probe."""
+        if self.state is BreakerState.CLOSED:
             return True
-        if not self._ready():
+        if self.state is BreakerState.HALF_OPEN or not self._cooled():
             return False
-        self._probing = True
+        self.state = BreakerState.HALF_OPEN
         return True
 
     def succeeded(self) -> None:
         self._failures = 0
-        self._opened_at = None
-        self._probing = False
+        self.state = BreakerState.CLOSED
 
-    def failed(self) -> bool:
+    def failed(self, error: str) -> bool:
         """Count a server-wide failure; True if this opened the breaker."""
         self._failures += 1
-        was_open = self._opened_at is not None
-        if self._probing or self._failures >= self._threshold:
+        self.last_error = error
+        was = self.state
+        if was is BreakerState.HALF_OPEN or self._failures >= self._threshold:
             self._opened_at = time.monotonic()
-            self._probing = False
-            return not was_open
+            self.state = BreakerState.OPEN
+            return was is BreakerState.CLOSED
         return False
 
     async def wait(self) -> None:
         """Until a send may be tried again (it may still lose the probe to another caller)."""
         # The condition is time itself (and a probe's fate), so a short poll is the simplest.
-        while not self._ready():  # noqa: ASYNC110
+        while self.state is BreakerState.HALF_OPEN or (  # noqa: ASYNC110
+            self.state is BreakerState.OPEN and not self._cooled()
+        ):
             await asyncio.sleep(0.1)

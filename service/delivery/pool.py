@@ -1,16 +1,18 @@
-"""Delivery: messages go out over a pool of persistent SMTP connections, express mail first,
-with a few quick retries and a circuit breaker for a server that is down as a whole.
+"""The SMTP pool: persistent connections, express mail first, and a circuit breaker for a
+relay that is down as a whole. An attempt is a `Session`: envelope, then body, so the caller
+can record that the body is about to leave (RFC 1047) before it does.
 
 The conversation itself (replies classified, pipelining, the body on the wire) is in
-`service.smtp`.
+`service.delivery.smtp`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,8 +22,8 @@ import structlog
 from service.delivery.breaker import CircuitBreaker
 from service.delivery.mime import Email
 from service.delivery.slots import Slots
-from service.delivery.smtp import Connection, Stale, enhanced_code, map_smtp_errors
-from service.errors import DeliveryError, SmtpUnavailable, TransientDeliveryError
+from service.delivery.smtp import Connection, enhanced_code, map_smtp_errors
+from service.errors import DeliveryError, SmtpUnavailable, StaleConnection
 from service.metrics import Metrics
 from service.settings import SmtpSettings
 
@@ -29,18 +31,17 @@ log = structlog.get_logger("herald.mailer")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Delivery:
+class Accepted:
     """What the server said when it accepted a message."""
 
     code: int
     enhanced_code: str | None
     text: str
-    attempts: int
     sent_at: datetime
 
 
 class Mailer:
-    """A bounded pool of SMTP connections with in-process retries for transient failures."""
+    """A bounded pool of SMTP connections; one attempt at a time per `session`."""
 
     def __init__(self, settings: SmtpSettings, metrics: Metrics, *, express_slots: int = 0) -> None:
         """`express_slots`: connections kept for express mail (0 when there is no express lane)."""
@@ -115,91 +116,59 @@ class Mailer:
             cert_bundle=str(s.ca_file) if s.ca_file else None,
         )
 
-    async def send(
-        self,
-        message: Email,
-        before_data: Callable[[], Awaitable[None]] | None = None,
-        *,
-        express: bool = False,
-    ) -> Delivery:
-        """Deliver with a few quick retries; raises the last DeliveryError when they run out.
+    async def available(self) -> None:
+        """Until a send may be tried again after a server-wide failure: the breaker's
+        cool-down while it is open, else a short jittered pause."""
+        if self.breaker.is_open:
+            await self.breaker.wait()
+        else:
+            await asyncio.sleep(random.uniform(0, self._s.retry_backoff_ms / 1000))
 
-        `before_data` runs just before the message body is handed over: from then on a lost
-        connection leaves the outcome unknown. Server-wide failures do not use up the message's
-        tries; they feed the breaker, and once it is open SmtpUnavailable is raised at once.
-        `express` mail gets the next free connection, and the reserved ones.
+    @property
+    def holding(self) -> bool:
+        """True while the breaker is open: consuming more records would only queue mail."""
+        return self.breaker.is_open
+
+    @contextlib.asynccontextmanager
+    async def session(self, *, express: bool = False) -> AsyncIterator[Session]:
+        """One attempt on one pooled connection: `envelope`, then `body`.
+
+        Raises SmtpUnavailable at once while the breaker is open. Every DeliveryError counts
+        for the breaker (server-wide ones against the relay, the others as signs of life) and
+        for the metrics. `express` mail gets the next free connection, and the reserved ones.
         """
-        attempt = 0
-        while True:
-            if not self.breaker.allow():
-                raise SmtpUnavailable(f"SMTP circuit breaker is open: {self.breaker.last_error}")
-            attempt += 1
-            try:
-                delivery = await self._send_once(message, attempt, before_data, express)
-            except DeliveryError as exc:
-                self._metrics.smtp_attempt(exc)
-                exc.attempts = attempt
-                if exc.server_wide:
-                    attempt -= 1
-                    self.breaker.last_error = str(exc)
-                    if self.breaker.failed():
-                        self._metrics.breaker_open.set(1)
-                        log.warning("SMTP circuit breaker opened", error=str(exc))
-                else:
-                    self._close_breaker()
-                if not isinstance(exc, TransientDeliveryError) or attempt >= self._s.max_attempts:
-                    raise
-                base = self._s.retry_backoff_ms / 1000 * 2 ** max(0, attempt - 1)
-                await asyncio.sleep(random.uniform(0, base))  # full jitter
-                continue
-            self._metrics.smtp_attempt(None)
-            self._close_breaker()
-            return delivery
+        if not self.breaker.allow():
+            raise SmtpUnavailable(f"SMTP circuit breaker is open: {self.breaker.last_error}")
+        await self._slots.acquire(express)
+        session = Session(self)
+        try:
+            yield session
+        except DeliveryError as exc:
+            self._judge(exc)
+            raise
+        finally:
+            session.finish()
+            self._slots.release(express)
+        if session.accepted:
+            self._judge(None)
 
-    def _close_breaker(self) -> None:
+    async def send(self, message: Email, *, express: bool = False) -> Accepted:
+        """One attempt, with no pause between envelope and body (tools and benchmarks)."""
+        async with self.session(express=express) as session:
+            await session.envelope(message)
+            return await session.body()
+
+    def _judge(self, error: DeliveryError | None) -> None:
+        self._metrics.smtp_attempt(error)
+        if error is not None and error.server_wide:
+            if self.breaker.failed(str(error)):
+                self._metrics.breaker_open.set(1)
+                log.warning("SMTP circuit breaker opened", error=str(error))
+            return
         if self.breaker.is_open:
             log.info("SMTP circuit breaker closed")
             self._metrics.breaker_open.set(0)
         self.breaker.succeeded()
-
-    async def _send_once(
-        self,
-        message: Email,
-        attempt: int,
-        before_data: Callable[[], Awaitable[None]] | None,
-        express: bool,
-    ) -> Delivery:
-        await self._slots.acquire(express)
-        try:
-            conn, reused = await self._acquire()
-            started = time.perf_counter()
-            ok = False
-            try:
-                try:
-                    reply = await conn.transaction(message, before_data)
-                except Stale:
-                    if not reused:
-                        raise
-                    # An idle connection the server timed out; not the message's fault.
-                    conn.close()
-                    conn, reused = await self._acquire(fresh=True)
-                    reply = await conn.transaction(message, before_data)
-                ok = True
-            finally:
-                self._metrics.smtp_seconds.observe(time.perf_counter() - started)
-                if ok:
-                    self._idle.append(conn)
-                else:
-                    conn.close()
-        finally:
-            self._slots.release(express)
-        return Delivery(
-            code=reply.code,
-            enhanced_code=enhanced_code(reply.message),
-            text=reply.message[:500],
-            attempts=attempt,
-            sent_at=datetime.now(UTC),
-        )
 
     async def _acquire(self, *, fresh: bool = False) -> tuple[Connection, bool]:
         while not fresh and self._idle:
@@ -216,3 +185,62 @@ class Mailer:
                 except aiosmtplib.SMTPHeloError:
                     await client.helo()
         return Connection(client, self._s.timeout_s), False
+
+
+class Session:
+    """One attempt on a pooled connection; made by `Mailer.session`."""
+
+    def __init__(self, mailer: Mailer) -> None:
+        self._mailer = mailer
+        self._conn: Connection | None = None
+        self._message: Email | None = None
+        self._started: float | None = None
+        self.accepted = False
+
+    async def envelope(self, message: Email) -> None:
+        """MAIL, RCPT and DATA: once this returns the server waits for the body, and nothing
+        of it has left; a pooled connection the server timed out is replaced on the way."""
+        conn, reused = await self._mailer._acquire()
+        self._use(conn, message)
+        try:
+            await conn.envelope(self._message_for(conn))
+        except StaleConnection:
+            if not reused:
+                raise
+            conn.close()  # an idle connection the server timed out; not the message's fault
+            conn, _ = await self._mailer._acquire(fresh=True)
+            self._use(conn, message)
+            await conn.envelope(self._message_for(conn))
+
+    async def body(self) -> Accepted:
+        """The body and the reply. From here on a failure leaves the outcome unknown."""
+        if self._conn is None or self._message is None:
+            raise RuntimeError("Session.body() before envelope()")
+        reply = await self._conn.body(self._message)
+        self.accepted = True
+        return Accepted(
+            code=reply.code,
+            enhanced_code=enhanced_code(reply.message),
+            text=reply.message[:500],
+            sent_at=datetime.now(UTC),
+        )
+
+    def _use(self, conn: Connection, message: Email) -> None:
+        self._conn, self._message = conn, message
+        if self._started is None:
+            self._started = time.perf_counter()
+
+    def _message_for(self, conn: Connection) -> Email:
+        assert self._message is not None
+        self._message = conn.prepared(self._message)
+        return self._message
+
+    def finish(self) -> None:
+        """Back to the pool if the server accepted the message, else closed."""
+        if self._started is not None:
+            self._mailer._metrics.smtp_seconds.observe(time.perf_counter() - self._started)
+        if self._conn is not None:
+            if self.accepted:
+                self._mailer._idle.append(self._conn)
+            else:
+                self._conn.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import cast
 
@@ -24,6 +24,7 @@ from service.errors import (
     DeliveryError,
     DeliveryUnknownError,
     PermanentDeliveryError,
+    StaleConnection,
     TransientDeliveryError,
 )
 
@@ -39,9 +40,13 @@ def enhanced_code(text: str) -> str | None:
 def classify(code: int, text: str) -> DeliveryError:
     """4xx is worth another try later; anything else that is not 2xx is final (RFC 5321 4.2.1)."""
     cls = TransientDeliveryError if 400 <= code < 500 else PermanentDeliveryError
-    err = cls(f"SMTP {code}", code=code, enhanced_code=enhanced_code(text), text=text[:500])
-    err.server_wide = code == 421  # RFC 5321 3.8: the service is shutting down
-    return err
+    return cls(
+        f"SMTP {code}",
+        code=code,
+        enhanced_code=enhanced_code(text),
+        text=text[:500],
+        server_wide=code == 421,  # RFC 5321 3.8: the service is shutting down
+    )
 
 
 @contextmanager
@@ -53,14 +58,13 @@ def map_smtp_errors(phase: str) -> Iterator[None]:
         if phase != "connect":
             raise classify(exc.code, exc.message) from exc
         # Greeting refused or AUTH failed: the server or our credentials, not this message.
-        err = TransientDeliveryError(
+        raise TransientDeliveryError(
             f"connect: SMTP {exc.code}",
             code=exc.code,
             enhanced_code=enhanced_code(exc.message),
             text=exc.message[:500],
-        )
-        err.server_wide = True
-        raise err from exc
+            server_wide=True,
+        ) from exc
     except aiosmtplib.SMTPRecipientsRefused as exc:
         first = exc.recipients[0]
         raise classify(first.code, first.message) from exc
@@ -69,9 +73,9 @@ def map_smtp_errors(phase: str) -> Iterator[None]:
             raise DeliveryUnknownError(
                 f"connection lost after the message was sent: {type(exc).__name__}"
             ) from exc
-        err = TransientDeliveryError(f"{phase}: {type(exc).__name__}: {exc}")
-        err.server_wide = phase == "connect"
-        raise err from exc
+        raise TransientDeliveryError(
+            f"{phase}: {type(exc).__name__}: {exc}", server_wide=phase == "connect"
+        ) from exc
 
 
 _BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -91,22 +95,21 @@ def _on_the_wire(data: bytes) -> bytes:
     return data.replace(b"\n.", b"\n..") + b".\r\n"
 
 
-class Stale(TransientDeliveryError):
-    """The first command on a connection failed transiently: a pooled connection the server
-    may have timed out. Nothing of the message was sent, so a fresh connection may try."""
-
-
 @contextmanager
 def _first_command() -> Iterator[None]:
     try:
         with map_smtp_errors("envelope"):
             yield
     except TransientDeliveryError as exc:
-        if isinstance(exc, Stale):
+        if isinstance(exc, StaleConnection):
             raise
-        stale = Stale(str(exc), code=exc.code, enhanced_code=exc.enhanced_code, text=exc.text)
-        stale.server_wide = exc.server_wide  # a 421 still tells the breaker the server is down
-        raise stale from exc
+        raise StaleConnection(
+            str(exc),
+            code=exc.code,
+            enhanced_code=exc.enhanced_code,
+            text=exc.text,
+            server_wide=exc.server_wide,  # a 421 still tells the breaker the server is down
+        ) from exc
 
 
 class Connection:
@@ -152,19 +155,20 @@ class Connection:
         await self._replies.reply(self._timeout_s)
         self.close()
 
-    async def transaction(
-        self, message: Email, before_data: Callable[[], Awaitable[None]] | None
-    ) -> aiosmtplib.SMTPResponse:
-        """MAIL, RCPT, DATA and the body; `before_data` runs once the server waits for the
-        body, the last moment before the outcome can become unknown (RFC 1047)."""
-        if not self._eight_bit_mime:
-            message = seven_bit(message)
+    def prepared(self, message: Email) -> Email:
+        """The message as this server takes it: 8bit parts re-encoded without 8BITMIME."""
+        return message if self._eight_bit_mime else seven_bit(message)
+
+    async def envelope(self, message: Email) -> None:
+        """MAIL, RCPT and DATA, up to the server's 354: nothing of the body has left yet."""
         if self._replies is None:
             await self._envelope(message)
         else:
             await self._pipelined_envelope(message)
-        if before_data is not None:
-            await before_data()
+
+    async def body(self, message: Email) -> aiosmtplib.SMTPResponse:
+        """The body and the server's reply; from the first byte on, a failure leaves the
+        outcome unknown (RFC 1047)."""
         return await self._body(message.data)
 
     async def _envelope(self, message: Email) -> None:

@@ -1,10 +1,10 @@
-"""Decoding: raw Kafka records become typed events, in this one place.
+"""Decoding: a topic's record value becomes a typed event, in this one place.
 
-Two wire formats, chosen per event type in the routing table:
-- `confluent`: byte 0, a 4-byte big-endian schema id, the Avro body; the writer schema comes
-  from a Confluent-compatible Schema Registry and is cached per id.
-- `single-object`: the Avro spec's single-object encoding (C3 01 + CRC-64-AVRO fingerprint);
-  the writer schema is looked up in `schemas/`, so no registry is needed.
+Two wire formats, chosen per event type in the routing table (`framing.py`):
+- `confluent`: the writer schema comes from a Confluent-compatible Schema Registry and is
+  cached per id;
+- `single-object`: the writer schema is looked up by fingerprint in `schemas/`, so no registry
+  is needed.
 Either way the body is resolved from the writer's schema to the current reader schema, so a
 producer still on an older schema keeps working after the schema evolves.
 """
@@ -13,57 +13,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import fastavro
 
 from service.errors import DecodeError, RecordTooLarge, SchemaRegistryUnavailable
-from service.events.schemas import SINGLE_OBJECT_MAGIC, SchemaStore, StoredSchema, read_body
-from service.kafka.records import RawRecord
-
-Encoding = Literal["single-object", "confluent"]
-CONFLUENT_MAGIC = 0
-ENVELOPE_FIELDS = ("event_id", "occurred_at", "recipient", "payload")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Recipient:
-    """Whom a notification goes to, and how to speak to them."""
-
-    user_id: str
-    email: str
-    display_name: str | None
-    locale: str
-    """BCP 47 tag from the event; templates fall back from it."""
-    time_zone: str
-    """IANA zone for times shown in the mail."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Event:
-    """A decoded domain event: the shared envelope typed, the payload as the schema gives it."""
-
-    event_id: str
-    event_type: str
-    """Routing key, e.g. `order.confirmed`."""
-    occurred_at: datetime
-    recipient: Recipient
-    payload: Mapping[str, Any]
-    schema: str
-    """Full name of the reader schema the payload was resolved to."""
-    source: RawRecord
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TopicBinding:
-    """What a topic carries: one event type, its reader schema and wire format."""
-
-    topic: str
-    event_type: str
-    reader: StoredSchema
-    encoding: Encoding
+from service.events import framing
+from service.events.model import Event, Recipient, TopicBinding
+from service.events.schemas import SchemaStore, read_body
 
 
 class EventDecoder:
@@ -88,11 +46,11 @@ class EventDecoder:
     def topics(self) -> list[str]:
         return sorted(self._bindings)
 
-    async def decode(self, raw: RawRecord) -> Event:
-        binding = self._bindings.get(raw.topic)
+    async def decode(self, topic: str, value: bytes | None) -> Event:
+        """The event a record of `topic` carries; DecodeError if it carries none."""
+        binding = self._bindings.get(topic)
         if binding is None:
-            raise DecodeError(f"no event type is bound to topic {raw.topic!r}")
-        value = raw.value
+            raise DecodeError(f"no event type is bound to topic {topic!r}")
         if not value:
             raise DecodeError("record has no value (tombstone or empty)")
         if self._max_bytes is not None and len(value) > self._max_bytes:
@@ -101,11 +59,11 @@ class EventDecoder:
                 f"({self._max_bytes:,}); not decoded"
             )
         if binding.encoding == "confluent":
-            writer = await self._confluent_writer(value)
-            body = value[5:]
+            schema_id, body = framing.confluent(value)
+            writer = await self._registered_writer(schema_id)
         else:
-            writer = self._single_object_writer(value)
-            body = value[10:]
+            fingerprint, body = framing.single_object(value)
+            writer = self._stored_writer(fingerprint)
         try:
             record = read_body(body, writer, binding.reader.parsed)
         except fastavro.read.SchemaResolutionError as exc:
@@ -116,29 +74,18 @@ class EventDecoder:
             raise DecodeError(
                 f"corrupt Avro body for {binding.reader.name}: {type(exc).__name__}: {exc}"
             ) from exc
-        return _to_event(record, binding, raw)
+        return _to_event(record, binding)
 
-    def _single_object_writer(self, value: bytes) -> Any:
-        if len(value) < 10 or value[:2] != SINGLE_OBJECT_MAGIC:
-            raise DecodeError(
-                f"not Avro single-object encoded: starts with {value[:4].hex()!r}, "
-                f"expected c301 and an 8-byte fingerprint"
-            )
-        schema = self._store.by_fingerprint(value[2:10])
+    def _stored_writer(self, fingerprint: bytes) -> Any:
+        schema = self._store.by_fingerprint(fingerprint)
         if schema is None:
             raise DecodeError(
-                f"unknown schema fingerprint {value[2:10].hex()}: add the writer's schema to "
+                f"unknown schema fingerprint {fingerprint.hex()}: add the writer's schema to "
                 f"schemas/history/"
             )
         return schema.parsed
 
-    async def _confluent_writer(self, value: bytes) -> Any:
-        if len(value) < 5 or value[0] != CONFLUENT_MAGIC:
-            raise DecodeError(
-                f"not Confluent wire format: starts with {value[:5].hex()!r}, "
-                f"expected magic byte 00 and a 4-byte schema id"
-            )
-        schema_id = int.from_bytes(value[1:5], "big")
+    async def _registered_writer(self, schema_id: int) -> Any:
         cached = self._by_id.get(schema_id)
         if cached is not None:
             return cached
@@ -164,7 +111,7 @@ class EventDecoder:
         return parsed
 
 
-def _to_event(record: Mapping[str, Any], binding: TopicBinding, raw: RawRecord) -> Event:
+def _to_event(record: Mapping[str, Any], binding: TopicBinding) -> Event:
     r = record["recipient"]
     occurred = record["occurred_at"]
     if isinstance(occurred, int):  # a writer without the logical type
@@ -182,12 +129,4 @@ def _to_event(record: Mapping[str, Any], binding: TopicBinding, raw: RawRecord) 
         ),
         payload=record["payload"],
         schema=binding.reader.name,
-        source=raw,
     )
-
-
-def check_envelope(schema: StoredSchema) -> list[str]:
-    """Envelope fields the schema lacks; every event schema must carry all of them."""
-    parsed = schema.parsed
-    names = {f["name"] for f in parsed.get("fields", [])} if isinstance(parsed, dict) else set()
-    return [f for f in ENVELOPE_FIELDS if f not in names]

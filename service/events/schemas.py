@@ -13,9 +13,8 @@ import fastavro
 import fastavro.schema
 
 from service.errors import ConfigError
+from service.events.framing import SINGLE_OBJECT_MAGIC
 
-SINGLE_OBJECT_MAGIC = b"\xc3\x01"
-"""Marker of the Avro single-object encoding: C3 01, then the 8-byte CRC-64-AVRO fingerprint."""
 HISTORY_DIR = "history"
 """Older, fully expanded versions kept so registry-free producers on them keep working."""
 

@@ -28,7 +28,7 @@ from typing import Any, BinaryIO, Protocol
 
 import structlog
 
-from service.delivery.mime import Email, compose
+from service.delivery.mime import Email, Letter, compose
 from service.errors import (
     ConfigError,
     DeliveryError,
@@ -37,11 +37,10 @@ from service.errors import (
     RecordError,
     RenderError,
 )
-from service.events.decoder import Event, Recipient
-from service.kafka.records import RawRecord
+from service.events.model import Event, Recipient
 from service.logs import configure
 from service.outcomes.records import now
-from service.render.renderer import Renderer, freeze_heap
+from service.render.renderer import Rendered, Renderer, freeze_heap
 from service.routing import Notification
 from service.settings import BrandSettings, LinkSettings, MailSettings
 
@@ -84,9 +83,24 @@ class Messages(Protocol):
     async def close(self) -> None: ...
 
 
+def letter_for(n: Notification, rendered: Rendered) -> Letter:
+    """The notification's addressing and its rendered parts, as delivery takes them."""
+    return Letter(
+        key=n.idempotency_key,
+        to_address=n.recipient.email,
+        to_name=n.recipient.display_name,
+        subject=rendered.subject,
+        html=rendered.html,
+        text=rendered.text,
+        language=rendered.locale,
+        unsubscribe_url=rendered.unsubscribe_url,
+    )
+
+
 def build(renderer: Renderer, mail: MailSettings, n: Notification, at: datetime) -> Message:
+    """Render and compose: the pure work between a notification and its wire bytes."""
     rendered = renderer.render(n)
-    return Message(compose(n, rendered, mail, at), rendered.locale)
+    return Message(compose(letter_for(n, rendered), mail, at), rendered.locale)
 
 
 class LocalMessages:
@@ -103,9 +117,8 @@ class LocalMessages:
         return None
 
 
-_NO_SOURCE = RawRecord(topic="", partition=0, offset=0, key=None, value=None)
 _RECIPIENT = tuple(f.name for f in fields(Recipient))
-_EVENT = tuple(f.name for f in fields(Event) if f.name not in ("recipient", "source"))
+_EVENT = tuple(f.name for f in fields(Event) if f.name != "recipient")
 _NOTIFICATION = tuple(f.name for f in fields(Notification) if f.name not in ("recipient", "event"))
 
 
@@ -127,7 +140,7 @@ def _unpack(packed: tuple[Any, ...]) -> Notification:
     er = r
     if event_recipient is not None:
         er = Recipient(**dict(zip(_RECIPIENT, event_recipient, strict=True)))
-    e = Event(**dict(zip(_EVENT, event, strict=True)), recipient=er, source=_NO_SOURCE)
+    e = Event(**dict(zip(_EVENT, event, strict=True)), recipient=er)
     return Notification(**dict(zip(_NOTIFICATION, plain, strict=True)), recipient=r, event=e)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 TopicPartition = tuple[str, int]
 
@@ -28,3 +29,17 @@ class Outbound:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] = ()
+
+
+def consumed(m: Any) -> RawRecord:
+    """A confluent-kafka `Message` without an error, as a `RawRecord`."""
+    kind, ts = m.timestamp()
+    return RawRecord(
+        topic=m.topic(),
+        partition=m.partition(),
+        offset=m.offset(),
+        key=m.key(),
+        value=m.value(),
+        headers=tuple(m.headers() or ()),
+        timestamp_ms=ts if kind else None,
+    )

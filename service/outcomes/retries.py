@@ -1,9 +1,9 @@
-"""Retry topics: a transient failure that outlasts the quick in-process retries waits in a
-topic per delay (`herald.retry.60s`, `…600s`, …) instead of blocking its partition.
+"""Retry topics: a transient failure that outlasts the quick in-process tries waits in a topic
+per delay (`herald.retry.60s`, `…600s`, …) instead of blocking its partition.
 
-A retry record is the original event's bytes with headers naming the one notification to try
+A retry ticket is the original event's bytes with headers naming the one notification to try
 again, the round, and the time before which it must not run. Records in one retry topic share a
-delay, so they become due in order: the consumer pauses such a partition until its head is due.
+delay, so they become due in order: the flow pauses such a partition until its head is due.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
+from service.errors import MalformedTicket
 from service.kafka.records import Outbound, RawRecord
-from service.outcomes.records import HEADER_PREFIX, foreign_headers
+from service.outcomes import headers
 from service.settings import RetrySettings
-
-_H = HEADER_PREFIX + "retry."
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +32,8 @@ class RetryTicket:
 
 
 class RetryPolicy:
+    """The retry rounds: which topic each goes to, when it is due, and when none is left."""
+
     def __init__(self, settings: RetrySettings, topic_prefix: str = "") -> None:
         self._s = settings
         self._rounds = [f"{topic_prefix}{settings.topic}.{d}s" for d in settings.delays_s]
@@ -42,61 +43,62 @@ class RetryPolicy:
     def is_retry_topic(self, topic: str) -> bool:
         return topic in self.topics
 
-    def schedule(
-        self,
-        original: RawRecord,
-        *,
-        notification: str,
-        rounds_done: int,
-        occurred_at: datetime,
-        reason: str,
-    ) -> Outbound | None:
-        """The retry record for the next round, or None when rounds or age are used up."""
+    def rounds_left(self, rounds_done: int, occurred_at: datetime) -> bool:
+        """Another round may be scheduled: rounds remain and the event is not too old."""
         if rounds_done >= len(self._rounds):
-            return None
+            return False
+        age_s = time.time() - occurred_at.timestamp()
+        return age_s <= self._s.max_age_s
+
+    def schedule(
+        self, original: RawRecord, *, notification: str, rounds_done: int, reason: str
+    ) -> Outbound:
+        """The retry record for the next round; `rounds_left` said there is one."""
         now_ms = int(time.time() * 1000)
-        if now_ms - occurred_at.timestamp() * 1000 > self._s.max_age_s * 1000:
-            return None
-        delay_ms = self._s.delays_s[rounds_done] * 1000
         meta = {
-            "notification": notification,
-            "round": str(rounds_done + 1),
-            "not_before_ms": str(now_ms + delay_ms),
-            "reason": reason,
+            "retry.notification": notification,
+            "retry.round": str(rounds_done + 1),
+            "retry.not_before_ms": str(now_ms + self._s.delays_s[rounds_done] * 1000),
+            "retry.reason": reason,
+            **headers.source(original),
         }
-        headers = (
-            *foreign_headers(original),
-            *((_H + k, v.encode()) for k, v in meta.items()),
-            (HEADER_PREFIX + "source.topic", original.topic.encode()),
-            (HEADER_PREFIX + "source.partition", str(original.partition).encode()),
-            (HEADER_PREFIX + "source.offset", str(original.offset).encode()),
-        )
         return Outbound(
-            topic=self._rounds[rounds_done], key=original.key, value=original.value, headers=headers
+            topic=self._rounds[rounds_done],
+            key=original.key,
+            value=original.value,
+            headers=(*headers.foreign(original.headers), *headers.encode(meta)),
         )
 
     @staticmethod
     def not_before_ms(raw: RawRecord) -> int:
+        """When a retry record falls due; 0 (now) if it does not say, so it is read and
+        dead-lettered rather than holding its partition."""
         for k, v in raw.headers:
-            if k == _H + "not_before_ms":
-                return int(v)
+            if k == headers.PREFIX + "retry.not_before_ms":
+                try:
+                    return int(v)
+                except ValueError:
+                    return 0
         return 0
 
     def ticket(self, raw: RawRecord) -> RetryTicket:
-        """Read a retry record; its headers were written by `schedule`."""
-        h = {k: v.decode() for k, v in raw.headers if k.startswith(HEADER_PREFIX)}
-        original = RawRecord(
-            topic=h[HEADER_PREFIX + "source.topic"],
-            partition=int(h[HEADER_PREFIX + "source.partition"]),
-            offset=int(h[HEADER_PREFIX + "source.offset"]),
-            key=raw.key,
-            value=raw.value,
-            headers=foreign_headers(raw),
-            timestamp_ms=raw.timestamp_ms,
-        )
-        return RetryTicket(
-            notification=h[_H + "notification"],
-            round=int(h[_H + "round"]),
-            not_before_ms=int(h[_H + "not_before_ms"]),
-            original=original,
-        )
+        """Read a retry record; MalformedTicket if its headers are not what `schedule` wrote."""
+        h = headers.decode(raw.headers)
+        try:
+            original = RawRecord(
+                topic=h["source.topic"],
+                partition=int(h["source.partition"]),
+                offset=int(h["source.offset"]),
+                key=raw.key,
+                value=raw.value,
+                headers=headers.foreign(raw.headers),
+                timestamp_ms=raw.timestamp_ms,
+            )
+            return RetryTicket(
+                notification=h["retry.notification"],
+                round=int(h["retry.round"]),
+                not_before_ms=int(h["retry.not_before_ms"]),
+                original=original,
+            )
+        except (KeyError, ValueError) as exc:
+            raise MalformedTicket(f"retry record without a readable {exc} header") from exc

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from service.events.decoder import Recipient
+from service.events.model import Recipient
 
 _HREF = re.compile(r'href="(https?://[^"]+)"')
 

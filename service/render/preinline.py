@@ -1,14 +1,14 @@
 """CSS inlined into each HTML template's source once, at load, rather than into every mail.
 
-css_inline re-parsed and re-serialised every rendered body: 0.64 ms a mail, 41% of
-render+compose. The layout's live rules are plain type, class and id selectors, so the style an
-element gets depends only on its tag and its class, id and style attributes: `Preinliner` asks
-css_inline for it once per start tag of the template source and writes it into the tag. Jinja
-stays out of any HTML parser, so none of it can be moved (foster-parented table rows, Outlook's
-conditional comments); an attribute that holds Jinja gets its style at render time, cached.
-What this relies on is checked per template at load: a template that breaks it keeps per-mail
-inlining, and `Preinliner.reasons` says why. tests/unit/test_css_preinline.py proves both give
-the same document. service/template_markup.py finds the tags, and the Jinja among them.
+The layout's live rules are plain type, class and id selectors, so the style an element gets
+depends only on its tag and its class, id and style attributes: `Preinliner` asks css_inline for
+it once per start tag of the template source and writes it into the tag, instead of css_inline
+re-parsing every rendered body. Jinja stays out of any HTML parser, so none of it can be moved
+(foster-parented table rows, Outlook's conditional comments); an attribute that holds Jinja gets
+its style at render time, cached. What this relies on is checked per template at load: a
+template that breaks it keeps per-mail inlining, and `Preinliner.reasons` says why.
+tests/unit/test_css_preinline.py proves both give the same document. `scanner.py` finds the
+tags, and `stylesheet.py` reads the CSS.
 """
 
 from __future__ import annotations
@@ -24,82 +24,23 @@ import css_inline
 from jinja2 import BaseLoader, Environment, meta, nodes
 from markupsafe import Markup
 
+from service.errors import MarkupUnsafe
 from service.render.scanner import (
-    UNSUPPORTED,
     Refs,
     Tag,
     TemplateMarkup,
-    Unsafe,
     check_markup,
     expression_refs,
     family,
     literal_markup,
     read_markup,
-    unquoted,
 )
+from service.render.stylesheet import NOT_PROBED, Stylesheet
 
-_NOT_PROBED = UNSUPPORTED | {
-    *("html", "head", "title", "style", "image", "select", "option", "optgroup", "textarea"),
-    *("frameset", "frame", "iframe", "xmp", "noembed", "noframes", "meta", "base", "col"),
-    *("colgroup", "caption"),
-}
-"""Elements the probe does not model: a stylesheet that could style one keeps per-message
-inlining for the template."""
-_TABLE_PART = {
-    "td": "<table><tbody><tr>{}</tr></tbody></table>",
-    "th": "<table><tbody><tr>{}</tr></tbody></table>",
-    "tr": "<table><tbody>{}</tbody></table>",
-    "tbody": "<table>{}</table>",
-    "thead": "<table>{}</table>",
-    "tfoot": "<table>{}</table>",
-}
-_SIMPLE = re.compile(r"(\*|[a-zA-Z][a-zA-Z0-9]*)?((?:[.#][a-zA-Z_-][a-zA-Z0-9_-]*)*)")
 _ATTR_SELECTOR = re.compile(r"\[\s*([^\s~|^$*=\]]+)")
 _LITERAL_TAG = re.compile(r"<([a-zA-Z][^\s/>]*)([^>]*)>")
-_HTML_SPACE = re.compile(r"[ \t\n\f\r]+")
 _STYLE_CALL = "_herald_style"
 """Global the rewritten templates call for the style of an element whose attributes hold Jinja."""
-
-
-def _selectors(css: str) -> list[str]:
-    """Selectors of the style rules css_inline inlines: @media blocks are kept, not inlined."""
-    css = re.sub(r"/\*.*?\*/", "", css, flags=re.S)
-    out: list[str] = []
-    i, n = 0, len(css)
-    while i < n:
-        j = unquoted(css, i, lambda k: css[k] in "{;}")
-        prelude = css[i:j].strip()
-        if j >= n or css[j] != "{":
-            if prelude or (j < n and css[j] == "}"):
-                raise Unsafe(f"CSS not understood near {prelude[:40]!r}")
-            i = j + 1
-            continue
-        depth, k = 0, j
-        while k < n:
-            depth += {"{": 1, "}": -1}.get(css[k], 0)
-            k += 1
-            if depth == 0:
-                break
-        if prelude.startswith("@"):
-            if not prelude.lower().startswith("@media"):
-                raise Unsafe(f"CSS at-rule {prelude.split()[0]}")
-        else:
-            out.extend(s.strip() for s in prelude.split(","))
-        i = k
-    return out
-
-
-class _ProbeParser(HTMLParser):
-    """The style attribute css_inline gave the probed element."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found = False
-        self.style: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if not self.found and any(k == "data-herald-probe" for k, _ in attrs):
-            self.found, self.style = True, dict(attrs).get("style")
 
 
 class _Counter(HTMLParser):
@@ -142,18 +83,12 @@ class Preinliner:
         self._refs_cache: dict[str, Refs] = {}
         self._literal_cache: dict[str, set[str]] = {}
         self._stylesheets: dict[str, str | None] = {}
-        self._done: dict[str, str | Unsafe] = {}
+        self._done: dict[str, str | MarkupUnsafe] = {}
         """Rewritten source of each file, or why it cannot be."""
         self.sources: dict[str, str] = {}
         self.reasons: dict[str, str] = {}
         """Why each template that keeps per-message inlining does."""
-        self._sheet: tuple[tuple[bool, str], ...] | None = None
-        self._head = ""
-        self._types: set[str] = set()
-        self._classes: set[str] = set()
-        self._ids: set[str] = set()
-        self._universal = False
-        self._complex: list[str] = []
+        self._sheet: Stylesheet | None = None
         self.style = lru_cache(maxsize=4096)(self._probe)
         """Inline style of an element from its tag, class, id, style, data-css-inline."""
         self._attribute = lru_cache(maxsize=4096)(self._style_markup)
@@ -162,7 +97,7 @@ class Preinliner:
         """Prepare `name` and every file it uses; False if it must be inlined per message."""
         try:
             self._add(name)
-        except Unsafe as exc:
+        except MarkupUnsafe as exc:
             self.reasons[name] = str(exc)
             return False
         except Exception as exc:  # whatever it is, per-message inlining is right
@@ -186,27 +121,27 @@ class Preinliner:
         files = [self._file(n) for n in names]
         root = self._file(chain[-1])
         if any(f.styles for f in files if f is not root):
-            raise Unsafe("a <style> outside the root layout")
+            raise MarkupUnsafe("a <style> outside the root layout")
         if self._stylesheets.setdefault(chain[-1], self._stylesheet(chain[-1], root)) is not None:
-            raise Unsafe(self._stylesheets[chain[-1]])
+            raise MarkupUnsafe(self._stylesheets[chain[-1]])
         literal_attrs = set().union(*(self._literals(n) for n in names))
         present = literal_attrs.union(*(f.attr_names for f in files))
-        for sel in self._complex:
+        for sel in self._stylesheet_rules().complex:
             dead = any(
                 a.lower() not in present for a in _ATTR_SELECTOR.findall(re.sub(r"\(.*\)", "", sel))
             )
             if not dead:
-                raise Unsafe(f"selector {sel!r} is not a plain type, class or id")
+                raise MarkupUnsafe(f"selector {sel!r} is not a plain type, class or id")
         check_markup(files, self._refs)
         for n in names:
             done = self._done.get(n)
             if done is None:
                 try:
                     done = self._rewrite(n, root=n == chain[-1])
-                except Unsafe as exc:
+                except MarkupUnsafe as exc:
                     done = exc
                 self._done[n] = done
-            if isinstance(done, Unsafe):
+            if isinstance(done, MarkupUnsafe):
                 raise done
         self.sources.update((n, str(self._done[n])) for n in names)
 
@@ -232,7 +167,7 @@ class Preinliner:
             return self._stylesheets[name]
         try:
             self._read_stylesheet(name, root)
-        except Unsafe as exc:
+        except MarkupUnsafe as exc:
             return str(exc)
         return None
 
@@ -241,43 +176,23 @@ class Preinliner:
         for tag, close, _ in root.styles:
             keep = {k: a.value and html.unescape(a.value) for k, a in tag.attrs.items()}
             if not tag.top or keep not in ({}, {"data-css-inline": "keep"}):
-                raise Unsafe("a <style> inside a Jinja statement, or with attributes")
+                raise MarkupUnsafe("a <style> inside a Jinja statement, or with attributes")
             css = root.source[tag.end : close]
             if any(tag.end <= s < close and root.source[s + 1] == "%" for s, _ in root.spans):
-                raise Unsafe("a Jinja statement inside <style>")
+                raise MarkupUnsafe("a Jinja statement inside <style>")
             if not meta.find_undeclared_variables(self._env.parse(css)) <= {"brand"}:
-                raise Unsafe("the stylesheet depends on more than brand settings")
+                raise MarkupUnsafe("the stylesheet depends on more than brand settings")
             # `+` keeps trim_blocks/lstrip_blocks off at the seams, as in the layout itself.
             wrapped = "{% autoescape true +%}" + css + "{%+ endautoescape %}"
             try:
                 rendered = self._env.from_string(wrapped).render(brand=self._brand)
             except Exception as exc:  # whatever it is, the CSS cannot be known at load
-                raise Unsafe(f"stylesheet: {type(exc).__name__}: {exc}") from exc
+                raise MarkupUnsafe(f"stylesheet: {type(exc).__name__}: {exc}") from exc
             sheet.append((bool(keep), rendered))
         if self._sheet is None:
-            self._parse_sheet(tuple(sheet))
-        elif self._sheet != tuple(sheet):
-            raise Unsafe(f"{name} has another stylesheet than the first layout")
-
-    def _parse_sheet(self, sheet: tuple[tuple[bool, str], ...]) -> None:
-        for _, css in sheet:
-            for sel in _selectors(css):
-                m = _SIMPLE.fullmatch(sel)
-                if m is None or not sel:
-                    self._complex.append(sel)
-                    continue
-                kind, rest = m.groups()
-                if kind == "*" and not rest:
-                    self._universal = True
-                elif kind and kind != "*":
-                    self._types.add(kind.lower())
-                for part in re.findall(r"[.#][^.#]+", rest):
-                    (self._classes if part[0] == "." else self._ids).add(part[1:])
-        self._head = "".join(
-            ('<style data-css-inline="keep">' if keep else "<style>") + css + "</style>"
-            for keep, css in sheet
-        )
-        self._sheet = sheet
+            self._sheet = Stylesheet(tuple(sheet), self._inliner)
+        elif self._sheet.sheet != tuple(sheet):
+            raise MarkupUnsafe(f"{name} has another stylesheet than the first layout")
 
     def _literals(self, name: str) -> set[str]:
         """Markup the template makes from literals (`"<br>"|safe`) must need no styles; the
@@ -291,8 +206,9 @@ class Preinliner:
         for value in literal_markup(self._ast(name)):
             for tag, attrs in _LITERAL_TAG.findall(value):
                 found = set(re.findall(r"([^\s=/]+)\s*(?:=|\s|$)", attrs.lower()))
-                if tag.lower() in self._types or self._universal or found & {"class", "id"}:
-                    raise Unsafe(f"{value!r}|safe makes an element styles apply to")
+                sheet = self._stylesheet_rules()
+                if tag.lower() in sheet.types or sheet.universal or found & {"class", "id"}:
+                    raise MarkupUnsafe(f"{value!r}|safe makes an element styles apply to")
                 names |= found
         return names
 
@@ -318,7 +234,7 @@ class Preinliner:
         out, pos = [], 0
         for start, end, text in sorted(edits):
             if start < pos:
-                raise Unsafe("overlapping edits")  # cannot happen: tags do not overlap
+                raise MarkupUnsafe("overlapping edits")  # cannot happen: tags do not overlap
             out += [f.source[pos:start], text]
             pos = end
         return "".join([*out, f.source[pos:]])
@@ -335,7 +251,7 @@ class Preinliner:
                 or f.source[end : end + 1] not in ("", "\n")
             )
         ):
-            raise Unsafe("the inlined <style> is not on lines of its own")
+            raise MarkupUnsafe("the inlined <style> is not on lines of its own")
 
     def _structure(self, name: str, f: TemplateMarkup, *, root: bool) -> None:
         """The HTML parser must make no styled element that is not a start tag here (a stray
@@ -349,34 +265,26 @@ class Preinliner:
         counter = _Counter()
         counter.feed(out)
         counter.close()
-        styled = counter.counts if self._universal else self._types
+        sheet = self._stylesheet_rules()
+        styled = counter.counts if sheet.universal else sheet.types
         for tag in styled:
             if (root or tag not in ("html", "head", "body")) and counter.counts.get(
                 tag, 0
             ) > f.counts.get(tag, 0):
-                raise Unsafe(f"{name}: the HTML parser makes a <{tag}> the source does not have")
-
-    def _could_match(self, tag: Tag) -> bool:
-        if self._universal or tag.name in self._types:
-            return True
-        cls, ident = tag.attrs.get("class"), tag.attrs.get("id")
-        # A character reference could spell a class: ask the probe, it decodes as HTML does.
-        return bool(
-            (cls and (cls.jinja or "&" in (cls.value or "")))
-            or (cls and set(_HTML_SPACE.split(cls.value or "")) & self._classes)
-            or (ident and (ident.jinja or "&" in (ident.value or "") or ident.value in self._ids))
-        )
+                raise MarkupUnsafe(
+                    f"{name}: the HTML parser makes a <{tag}> the source does not have"
+                )
 
     def _restyle(self, tag: Tag) -> list[tuple[int, int, str]]:
         """Edits that give `tag` the style css_inline would."""
-        if not self._could_match(tag):
+        if not self._stylesheet_rules().could_match(tag):
             return []
-        if tag.name in _NOT_PROBED:
-            raise Unsafe(f"the stylesheet may style <{tag.name}>")
+        if tag.name in NOT_PROBED:
+            raise MarkupUnsafe(f"the stylesheet may style <{tag.name}>")
         keys = ("class", "id", "style", "data-css-inline")
         attrs = [tag.attrs.get(k) for k in keys]
         if attrs[3] is not None and attrs[3].jinja:
-            raise Unsafe("Jinja in data-css-inline")
+            raise MarkupUnsafe("Jinja in data-css-inline")
         style = attrs[2]
         if not any(a is not None and a.jinja for a in attrs):
             css = self.style(tag.name, *(a and a.value for a in attrs))
@@ -405,37 +313,21 @@ class Preinliner:
         """` style="…"` for an element whose attributes hold Jinja, once they are rendered."""
         return self._attribute(tag, _raw(cls), _raw(ident), _raw(style), _raw(keep))
 
+    def _probe(
+        self, tag: str, cls: str | None, ident: str | None, style: str | None, keep: str | None
+    ) -> str | None:
+        return self._stylesheet_rules().probe(tag, cls, ident, style, keep)
+
+    def _stylesheet_rules(self) -> Stylesheet:
+        if self._sheet is None:
+            raise MarkupUnsafe("no stylesheet read yet")
+        return self._sheet
+
     def _style_markup(
         self, tag: str, cls: str | None, ident: str | None, style: str | None, keep: str | None
     ) -> Markup:
         css = self.style(tag, cls, ident, style, keep)
         return Markup("") if css is None else Markup(' style="{}"').format(css)
-
-    def _probe(
-        self, tag: str, cls: str | None, ident: str | None, style: str | None, keep: str | None
-    ) -> str | None:
-        """The style css_inline gives the element: the attributes go into the probe as written,
-        so that html5ever decodes them as it would in the mail."""
-        values = zip(
-            ("class", "id", "style", "data-css-inline"), (cls, ident, style, keep), strict=True
-        )
-        attrs = "".join(
-            f" {k}={q}{v}{q}"
-            for k, v in values
-            if v is not None
-            for q in ["'" if '"' in v else '"']
-        )
-        element = f"<{tag} data-herald-probe{attrs}>"
-        if tag == "body":
-            body = element
-        else:
-            body = "<body>" + _TABLE_PART.get(tag, "{}").format(f"{element}</{tag}>")
-        parser = _ProbeParser()
-        parser.feed(self._inliner.inline(f"<!DOCTYPE html><html><head>{self._head}</head>{body}"))
-        parser.close()
-        if not parser.found:
-            raise Unsafe(f"probe of <{tag}> lost")
-        return parser.style
 
 
 class _Preinlined(BaseLoader):

@@ -8,41 +8,31 @@ HTML template's source when the Renderer is built, not into every mail (service/
 
 from __future__ import annotations
 
-import bisect
 import gc
 import re
 from collections.abc import Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
 from functools import lru_cache
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import babel
-import babel.dates
-import babel.numbers
 import css_inline
 import structlog
 from jinja2 import (
     BaseLoader,
-    Environment,
     FileSystemLoader,
     StrictUndefined,
     TemplateNotFound,
     TemplateSyntaxError,
-    pass_environment,
     select_autoescape,
 )
-from jinja2.filters import do_wordwrap
 from jinja2.sandbox import SandboxedEnvironment
 
 from service.errors import ConfigError, HeaderInjectionError, RenderError
+from service.render import formats
 from service.render.links import decorate, unsubscribe_url
 from service.render.preinline import Preinliner
+from service.render.wrap import wordwrap
 from service.routing import Notification
 from service.settings import BrandSettings, LinkSettings
 
@@ -66,91 +56,6 @@ class Rendered:
     """Set for optional mail: goes into List-Unsubscribe (RFC 8058) and the footer."""
 
 
-@lru_cache(maxsize=256)
-def _babel_locale(tag: str) -> babel.Locale | None:
-    try:
-        return babel.Locale.parse(tag.replace("-", "_"))
-    except (ValueError, babel.UnknownLocaleError):
-        return None
-
-
-@lru_cache(maxsize=256)
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return ZoneInfo("UTC")
-
-
-_audience: ContextVar[tuple[babel.Locale, ZoneInfo]] = ContextVar("herald_render_audience")
-"""Locale and zone of the mail being rendered: a context variable rather than template
-context, so filters behave the same inside imported macros, which see no caller context."""
-
-
-# Babel formats cost 25-80 µs a call and a receipt makes dozens (both parts show the same
-# amounts and dates), so results are cached per value, currency or zone, and locale.
-
-
-@lru_cache(maxsize=8192)
-def _money_text(amount_minor: int, currency: str, loc: babel.Locale) -> str:
-    digits = babel.numbers.get_currency_precision(currency)
-    amount = Decimal(amount_minor).scaleb(-digits)
-    return babel.numbers.format_currency(amount, currency, locale=loc)
-
-
-def _money(value: Mapping[str, Any]) -> str:
-    return _money_text(value["amount_minor"], value["currency"], _audience.get()[0])
-
-
-def _number(value: float | int) -> str:
-    """1234.5 → "1,234.5" / "1 234,5"."""
-    return babel.numbers.format_decimal(value, locale=_audience.get()[0])
-
-
-def _percent(fraction: float) -> str:
-    """A fraction, shown to one decimal at most: 0.1234 → "12.3%" / "12,3 %"."""
-    return babel.numbers.format_percent(
-        round(fraction, 3), locale=_audience.get()[0], decimal_quantization=False
-    )
-
-
-def _country(code: str) -> str:
-    """ISO 3166 code → the country's name in the recipient's language."""
-    return str(_audience.get()[0].territories.get(code.upper(), code))
-
-
-@lru_cache(maxsize=8192)
-def _moment_text(kind: str, value: datetime, fmt: str, loc: babel.Locale, zone: ZoneInfo) -> str:
-    date = babel.dates.format_date(value.astimezone(zone), fmt, locale=loc)
-    if kind == "date":
-        return date
-    # A time without its zone misleads whoever reads it elsewhere: always name the zone.
-    time = babel.dates.format_time(value, "short", tzinfo=zone, locale=loc)
-    time += " " + babel.dates.format_time(value, "z", tzinfo=zone, locale=loc)
-    return time if kind == "time" else f"{date}, {time}"
-
-
-def _dt_filter(kind: str) -> Any:
-    def fmt(value: datetime, format: str = "medium") -> str:
-        loc, zone = _audience.get()
-        return _moment_text(kind, value, format, loc, zone)
-
-    return fmt
-
-
-_SAMPLE_TIME = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
-
-
-def _load_formats(loc: babel.Locale) -> None:
-    """Format a sample amount, number, percent and time in `loc` once. Babel reads a locale's
-    CLDR data, and parses each pattern, on first use: ~25 ms that otherwise lands on the first
-    receipt in that language after a deploy (measured: 28 ms cold against 5 ms after this)."""
-    _money_text.__wrapped__(123456, "EUR", loc)
-    babel.numbers.format_decimal(1234.5, locale=loc)
-    babel.numbers.format_percent(0.125, locale=loc, decimal_quantization=False)
-    _moment_text.__wrapped__("datetime", _SAMPLE_TIME, "medium", loc, _zone("UTC"))
-
-
 def freeze_heap() -> None:
     """Hide what start-up built from the garbage collector: it lives as long as the process.
 
@@ -161,90 +66,6 @@ def freeze_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-_WRAP_SPACE = "\t\n\x0b\x0c\r "
-"""textwrap's whitespace: the only places it breaks a line when hyphens do not count."""
-_WRAP_CHUNK = re.compile(r"[\t\n\x0b\x0c\r ]+|[^\t\n\x0b\x0c\r ]+")
-_BLANK_WORD = re.compile(r"(?:^|[\t\n\x0b\x0c\r ])[^\S\t\n\x0b\x0c\r ]+(?:[\t\n\x0b\x0c\r ]|$)")
-"""A word of other whitespace only (NBSP…), which textwrap drops at line ends like a space."""
-
-
-@pass_environment
-def _wordwrap(
-    environment: Environment,
-    s: str,
-    width: int = 79,
-    break_long_words: bool = True,
-    wrapstring: str | None = None,
-    break_on_hyphens: bool = True,
-) -> str:
-    """Jinja's `wordwrap`, same output, without a `textwrap.TextWrapper` per paragraph: that
-    cost 25 µs a call, 0.6 ms a mail. Breaking on hyphens is left to Jinja."""
-    if break_on_hyphens:
-        return do_wordwrap(environment, s, width, break_long_words, wrapstring, break_on_hyphens)
-    sep = environment.newline_sequence if wrapstring is None else wrapstring
-    return sep.join([sep.join(_wrap(line, width, break_long_words)) for line in s.splitlines()])
-
-
-@lru_cache(maxsize=4096)
-def _wrap(line: str, width: int, break_long_words: bool) -> tuple[str, ...]:
-    """`textwrap.wrap(line, width, break_long_words=…, break_on_hyphens=False,
-    expand_tabs=False, replace_whitespace=False)`, remembered: most long lines of a text
-    part are the template's own sentences, the same in every mail (9% of render time)."""
-    return tuple(_wrap_lines(line, width, break_long_words))
-
-
-def _wrap_lines(line: str, width: int, break_long_words: bool) -> list[str]:
-    if width <= 0:
-        raise ValueError(f"invalid width {width!r} (must be > 0)")
-    if len(line) <= width and not line[-1:].isspace():  # the common case: one line, as is
-        return [line] if line else []
-    if break_long_words or _BLANK_WORD.search(line):
-        return _wrap_chunks(line, width, break_long_words)
-    # textwrap fills a line with whole chunks (words, runs of whitespace) while they fit: the
-    # line ends at the last chunk end within `width`, found by bisection instead of a loop.
-    ends = list(accumulate(map(len, _WRAP_CHUNK.findall(line))))
-    lines: list[str] = []
-    pos = 0
-    while pos < len(line):
-        if lines and line[pos] in _WRAP_SPACE:  # no line starts with whitespace but the first
-            pos = ends[bisect.bisect_right(ends, pos)]
-            if pos == len(line):
-                break
-        k = bisect.bisect_right(ends, pos + width) - 1
-        # A chunk longer than a line is left whole, on a line of its own.
-        end = ends[k] if k >= 0 and ends[k] > pos else ends[bisect.bisect_right(ends, pos)]
-        if text := line[pos:end].rstrip(_WRAP_SPACE):
-            lines.append(text)
-        pos = end
-    return lines
-
-
-def _wrap_chunks(line: str, width: int, break_long_words: bool) -> list[str]:
-    """textwrap's own loop (CPython 3.11 `TextWrapper._wrap_chunks`), step for step."""
-    chunks = _WRAP_CHUNK.findall(line)
-    chunks.reverse()
-    lines: list[str] = []
-    while chunks:
-        cur: list[str] = []
-        size = 0
-        if lines and not chunks[-1].strip():
-            chunks.pop()
-        while chunks and size + len(chunks[-1]) <= width:
-            size += len(chunks[-1])
-            cur.append(chunks.pop())
-        if chunks and len(chunks[-1]) > width:  # a word longer than a line
-            if break_long_words:
-                cur.append(chunks[-1][: width - size])
-                chunks[-1] = chunks[-1][width - size :]
-            elif not cur:
-                cur.append(chunks.pop())
-        if cur and not cur[-1].strip():
-            cur.pop()
-        if cur:
-            lines.append("".join(cur))
-    return lines
 
 
 _DICT_ATTRIBUTES = frozenset(dir(dict))
@@ -350,14 +171,8 @@ class Renderer:
             cache_size=-1,
         )
         env.filters.update(
-            money=_money,
-            datetime=_dt_filter("datetime"),
-            date=_dt_filter("date"),
-            time=_dt_filter("time"),
-            country=_country,
-            number=_number,
-            percent=_percent,
-            wordwrap=_wordwrap,
+            **formats.FILTERS,
+            wordwrap=wordwrap,
         )
         return env
 
@@ -375,7 +190,7 @@ class Renderer:
             if not shared and (loc not in self.locales or name.rsplit("/", 1)[-1] not in PARTS):
                 continue
             if loc in self.locales:
-                _babel_locale(loc)
+                formats.babel_locale(loc)
             preinlined = rest.endswith("/body.html") and (
                 f"{loc}/{rest.split('/')[0]}" in self.css_inlined_at_load
             )
@@ -393,8 +208,8 @@ class Renderer:
                     ) from exc
                 count += 1
         for loc in self.locales:
-            if (data := _babel_locale(loc)) is not None:
-                _load_formats(data)
+            if (data := formats.babel_locale(loc)) is not None:
+                formats.load_formats(data)
         return count
 
     def missing(self, template: str) -> list[str]:
@@ -441,28 +256,8 @@ class Renderer:
         ctx = template_context(n, self._brand)
         ctx["unsubscribe_url"] = unsubscribe
         r = n.recipient
-        token = _audience.set(
-            (
-                _babel_locale(r.locale) or _babel_locale(loc) or babel.Locale("en"),
-                _zone(r.time_zone),
-            )
-        )
-        try:
-            subject = self._env.get_template(f"{loc}/{n.template}/subject.txt").render(ctx)
-            if f"{loc}/{n.template}" in self.css_inlined_at_load:
-                page = self._preinlined_env.get_template(f"{loc}/{n.template}/body.html")
-                html = page.render(ctx)
-            else:
-                html = self._inliner.inline(
-                    self._env.get_template(f"{loc}/{n.template}/body.html").render(ctx)
-                )
-            text = self._env.get_template(f"{loc}/{n.template}/body.txt").render(ctx)
-        except TemplateNotFound as exc:
-            raise RenderError(f"template file missing: {exc.name}") from exc
-        except Exception as exc:  # TemplateError, or a filter choking on the event's data
-            raise RenderError(f"{loc}/{n.template}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            _audience.reset(token)
+        with formats.audience(r.locale, loc, r.time_zone):
+            subject, html, text = self._parts(f"{loc}/{n.template}", ctx)
         subject = subject.strip()
         if _CONTROL.search(subject):
             raise HeaderInjectionError(
@@ -475,6 +270,21 @@ class Renderer:
         return Rendered(
             subject=subject, html=html, text=text, locale=loc, unsubscribe_url=unsubscribe
         )
+
+    def _parts(self, name: str, ctx: dict[str, Any]) -> tuple[str, str, str]:
+        """Subject, HTML (CSS inlined) and text of template `name` (`<locale>/<template>`)."""
+        try:
+            subject = self._env.get_template(f"{name}/subject.txt").render(ctx)
+            if name in self.css_inlined_at_load:
+                html = self._preinlined_env.get_template(f"{name}/body.html").render(ctx)
+            else:
+                html = self._inliner.inline(self._env.get_template(f"{name}/body.html").render(ctx))
+            text = self._env.get_template(f"{name}/body.txt").render(ctx)
+        except TemplateNotFound as exc:
+            raise RenderError(f"template file missing: {exc.name}") from exc
+        except Exception as exc:  # TemplateError, or a filter choking on the event's data
+            raise RenderError(f"{name}: {type(exc).__name__}: {exc}") from exc
+        return subject, html, text
 
 
 def template_context(n: Notification, brand: Mapping[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ service/css_preinline.py writes the layout's CSS into the start tags found here,
 Jinja stays out of any HTML parser: the source is read as the HTML tokenizer would read it, each
 Jinja tag an opaque hole whose HTML state (data, attribute, raw text, comment) is recorded, and
 the template's AST says where markup can flow (blocks, macros, block sets). Whatever cannot be
-placed exactly raises `Unsafe`, and the template keeps per-message inlining.
+placed exactly raises `MarkupUnsafe`, and the template keeps per-message inlining.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from functools import partial
 from typing import TypeAlias
 
 from jinja2 import Environment, meta, nodes
+
+from service.errors import MarkupUnsafe
 
 _RAW = frozenset({"style", "script", "xmp", "iframe", "noembed", "noframes", "title", "textarea"})
 """Elements whose content is text to the HTML tokenizer."""
@@ -35,10 +37,6 @@ _MARKUP = re.compile(r"<[!?/a-zA-Z]")
 
 Refs: TypeAlias = tuple[set[str], set[str], list[tuple[str, set[str]]]]
 """What an expression uses: see `expression_refs`."""
-
-
-class Unsafe(Exception):
-    """Why a template cannot have its CSS inlined at load; it is inlined per message instead."""
 
 
 @dataclass(slots=True)
@@ -119,7 +117,7 @@ def _jinja_spans(src: str) -> list[tuple[int, int]]:
             close = "}}" if kind == "{" else "%}"
             j = unquoted(src, i + 2, partial(src.startswith, close))
         if not 0 <= j < n:
-            raise Unsafe("unterminated Jinja tag")
+            raise MarkupUnsafe("unterminated Jinja tag")
         spans.append((i, j + 2))
         i = j + 2
     return spans
@@ -149,7 +147,7 @@ class _Scanner:
             if k < 0 or self.f.spans[k][1] <= i:
                 return i
             a = self.f.spans[k][1]
-        raise Unsafe(f"{text!r} never comes")
+        raise MarkupUnsafe(f"{text!r} never comes")
 
     def jinja(self, a: int, b: int, state: str) -> None:
         """Record the Jinja tags in [a, b), all met in `state`."""
@@ -166,7 +164,7 @@ class _Scanner:
             return
         word, arg = m.groups()
         if word == "raw" or (state != "data" and word in ("include", "call")):
-            raise Unsafe(f"{{% {word} %}} in the {state} state")
+            raise MarkupUnsafe(f"{{% {word} %}} in the {state} state")
         if word == "set" and "=" in text:
             self.f.sets.append((arg, Jinja(text, state, within)))
         elif word in _BODIES:
@@ -176,7 +174,7 @@ class _Scanner:
             self.stack.append((word, name, state))
         elif word in ("else", "elif") or word.startswith("end"):
             if not self.stack or self.stack[-1][2] != state:
-                raise Unsafe(f"{{% {word} %}} in another HTML state than its opening tag")
+                raise MarkupUnsafe(f"{{% {word} %}} in another HTML state than its opening tag")
             if word.startswith("end"):
                 self.stack.pop()
 
@@ -200,12 +198,12 @@ class _Scanner:
             elif src[lt + 1] in "!?/":  # doctype, bogus comment, end tag
                 pos = self.find(">", lt) + 1
                 if self.holes(lt, pos):
-                    raise Unsafe("Jinja in a doctype or an end tag")
+                    raise MarkupUnsafe("Jinja in a doctype or an end tag")
             else:
                 tag = self.start_tag(lt)
                 pos = tag.end
                 if tag.name in UNSUPPORTED:
-                    raise Unsafe(f"<{tag.name}> in the template")
+                    raise MarkupUnsafe(f"<{tag.name}> in the template")
                 if tag.name in _RAW:
                     close = self.find(f"</{tag.name}", pos, fold=True)
                     self.jinja(pos, close, "raw")
@@ -213,30 +211,30 @@ class _Scanner:
                     if tag.name == "style":
                         f.styles.append((tag, close, pos))
         if self.stack:
-            raise Unsafe(f"{{% {self.stack[-1][0]} %}} never closed")
+            raise MarkupUnsafe(f"{{% {self.stack[-1][0]} %}} never closed")
         if any(name == "filter" for name in f.markup):
-            raise Unsafe("markup inside {% filter %}")
+            raise MarkupUnsafe("markup inside {% filter %}")
         return f
 
     def start_tag(self, lt: int) -> Tag:
         src = self.src
         name = _TAG_NAME.match(src, lt + 1)
         if name is None or self.holes(lt, name.end()):
-            raise Unsafe("Jinja in a tag name")
+            raise MarkupUnsafe("Jinja in a tag name")
         attrs: dict[str, Attr] = {}
         i = last = name.end()
         while True:
             gap = i
             i = _GAP.match(src, i).end()  # type: ignore[union-attr]  # matches, if empty
             if i >= len(src):
-                raise Unsafe("unterminated tag")
+                raise MarkupUnsafe("unterminated tag")
             if i in self.ends:
-                raise Unsafe("Jinja between attributes")
+                raise MarkupUnsafe("Jinja between attributes")
             if src[i] == ">":
                 break
             m = _ATTR_NAME.match(src, i)
             if m is None or self.holes(i, m.end()):
-                raise Unsafe("Jinja in an attribute name")
+                raise MarkupUnsafe("Jinja in an attribute name")
             attr, value, jinja, i = m.group().lower(), None, False, m.end()
             if eq := _EQUALS.match(src, i):
                 i = eq.end()
@@ -248,12 +246,12 @@ class _Scanner:
                 else:
                     v = _UNQUOTED.match(src, i)
                     if v is None or self.holes(i, v.end()):
-                        raise Unsafe("Jinja in an unquoted attribute value")
+                        raise MarkupUnsafe("Jinja in an unquoted attribute value")
                     value, i = v.group(), v.end()
             if attr in attrs:
-                raise Unsafe(f"attribute {attr} twice in a tag")
+                raise MarkupUnsafe(f"attribute {attr} twice in a tag")
             if attr == "href" and not src.startswith('href="', m.start()):
-                raise Unsafe('href not written href="…": UTM tagging would miss it')
+                raise MarkupUnsafe('href not written href="…": UTM tagging would miss it')
             attrs[attr] = Attr(gap, i, value, jinja)
             last = i
         tag = Tag(name.group().lower(), lt, i + 1, last, attrs, not self.stack)
@@ -273,7 +271,7 @@ def read_markup(env: Environment, name: str, src: str) -> TemplateMarkup:
     )
     spans = _jinja_spans(src)
     if len(spans) != lexed:
-        raise Unsafe(f"{name}: Jinja tags not found where Jinja finds them")
+        raise MarkupUnsafe(f"{name}: Jinja tags not found where Jinja finds them")
     return _Scanner(src, spans).scan()
 
 
@@ -283,12 +281,12 @@ def family(name: str, ast: Callable[[str], nodes.Template]) -> tuple[list[str], 
     chain, names = [name], [name]
     while (parent := _extends(chain[-1], ast(chain[-1]))) is not None:
         if parent in chain:
-            raise Unsafe("circular extends")
+            raise MarkupUnsafe("circular extends")
         chain.append(parent)
     for n in names:
         for ref in meta.find_referenced_templates(ast(n)):
             if ref is None:
-                raise Unsafe(f"{n} names a template only known at render time")
+                raise MarkupUnsafe(f"{n} names a template only known at render time")
             if ref not in names:
                 names.append(ref)
     return chain, names
@@ -299,7 +297,7 @@ def _extends(name: str, ast: nodes.Template) -> str | None:
     if ext is None:
         return None
     if not isinstance(ext.template, nodes.Const):
-        raise Unsafe(f"{name} extends a template only known at render time")
+        raise MarkupUnsafe(f"{name} extends a template only known at render time")
     return str(ext.template.value)
 
 
@@ -308,18 +306,18 @@ def literal_markup(ast: nodes.Template) -> Iterator[str]:
     other way is only known at render time."""
     for node in ast.find_all((nodes.Filter, nodes.Call, nodes.EvalContextModifier)):
         if isinstance(node, nodes.EvalContextModifier):
-            raise Unsafe("{% autoescape %} in an HTML template")
+            raise MarkupUnsafe("{% autoescape %} in an HTML template")
         if isinstance(node, nodes.Call):
             if isinstance(node.node, nodes.Name) and node.node.name == "lipsum":
-                raise Unsafe("lipsum() makes markup")
+                raise MarkupUnsafe("lipsum() makes markup")
             continue
         assert isinstance(node, nodes.Filter)
         if node.name in ("urlize", "xmlattr"):
-            raise Unsafe(f"|{node.name} makes markup")
+            raise MarkupUnsafe(f"|{node.name} makes markup")
         if node.name != "safe":
             continue
         if not (isinstance(node.node, nodes.Const) and isinstance(node.node.value, str)):
-            raise Unsafe("|safe on a value only known at render time")
+            raise MarkupUnsafe("|safe on a value only known at render time")
         yield node.node.value
 
 
@@ -375,10 +373,10 @@ def check_markup(files: list[TemplateMarkup], refs: Callable[[str], Refs]) -> No
                 outside |= selfs
         grew = len(outside) > before
     if outside & markup:
-        raise Unsafe(f"block {sorted(outside & markup)[0]} has markup but is used as text")
+        raise MarkupUnsafe(f"block {sorted(outside & markup)[0]} has markup but is used as text")
     for o, used, _, filters in outputs:
         if (o.state != "data" or o.within & outside) and used & markup:
-            raise Unsafe(f"{o.text} puts markup into an attribute or text-only element")
+            raise MarkupUnsafe(f"{o.text} puts markup into an attribute or text-only element")
         for fname, inner in filters:
             if inner & markup and fname != "trim":
-                raise Unsafe(f"{o.text} filters markup through |{fname}")
+                raise MarkupUnsafe(f"{o.text} filters markup through |{fname}")

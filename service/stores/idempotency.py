@@ -20,11 +20,10 @@ import json
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
@@ -32,7 +31,6 @@ from service.errors import StoreUnavailable
 from service.settings import IdempotencySettings
 
 log = structlog.get_logger("herald.idempotency")
-T = TypeVar("T")
 
 
 class State(StrEnum):
@@ -306,15 +304,3 @@ def open_store(settings: IdempotencySettings, *, in_flight: int) -> IdempotencyS
             settings.redis_url.get_secret_value(), settings.retention_h, connections=in_flight
         )
     return SqliteStore(settings.path, settings.retention_h)
-
-
-async def wait_for_store(op: Callable[[], Awaitable[T]]) -> T:
-    """Retry a store call while the store is unreachable; never send without it."""
-    delay = 0.2
-    while True:
-        try:
-            return await op()
-        except StoreUnavailable as exc:
-            log.warning("idempotency store unavailable; waiting", error=str(exc), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)

@@ -11,9 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from service.events.decoder import Event, Recipient
+from service.events.model import Event, Recipient
 from service.events.schemas import SchemaStore, StoredSchema, encode_single_object
-from service.kafka.records import RawRecord
 from service.routing import RoutingTable
 
 
@@ -66,7 +65,6 @@ def example_event(path: Path, schema: StoredSchema, event_type: str, **recipient
         ),
         payload=record["payload"],
         schema=schema.name,
-        source=RawRecord(topic=event_type, partition=0, offset=0, key=None, value=None),
     )
 
 

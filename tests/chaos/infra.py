@@ -25,8 +25,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     NewTopic,
 )
 
+from service.testing import free_port
 from tests.conftest import ROOT
-from tests.smtp_server import free_port
 
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
 KAFKA_LOG = logging.getLogger("tests.chaos.librdkafka")

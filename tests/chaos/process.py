@@ -12,8 +12,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from service.testing import free_port
 from tests.conftest import ROOT
-from tests.smtp_server import free_port
 
 
 class HeraldCrashed(AssertionError):

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
 
-from tests.smtp_server import free_port
+from service.testing import free_port
 
 Listener = Literal["accept", "refuse", "down"]
 

@@ -26,8 +26,8 @@ from service.app import Herald
 from service.kafka.admin import ensure_topics
 from service.metrics import Metrics
 from service.settings import Settings
+from service.testing import SmtpServer, free_port
 from tests.conftest import ROOT, project_settings
-from tests.smtp_server import SmtpServer, free_port
 
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
 

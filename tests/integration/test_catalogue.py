@@ -9,10 +9,10 @@ from typing import Any
 from service.app import Loaded
 from service.events.schemas import encode_single_object
 from service.routing import Category
+from service.testing import SmtpServer
 from tests.conftest import example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
 from tests.integration.test_end_to_end import _outcomes
-from tests.smtp_server import SmtpServer
 
 
 def _in_locale(record: dict[str, Any], locale: str) -> None:

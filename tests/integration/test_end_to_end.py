@@ -13,6 +13,7 @@ from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema
 from service.app import Loaded
 from service.events.schemas import encode_single_object, write_body
 from service.outcomes.records import decode_outcome
+from service.testing import SmtpServer
 from tests.conftest import example_record
 from tests.integration.conftest import (
     committed,
@@ -23,7 +24,6 @@ from tests.integration.conftest import (
     running,
     wait_for,
 )
-from tests.smtp_server import SmtpServer
 
 EVENTS = ["order.confirmed", "user.signed_up", "login.suspicious"]
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from service.app import Loaded
 from service.events.schemas import encode_single_object
+from service.testing import SmtpServer
 from tests.conftest import example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
 from tests.integration.test_end_to_end import _outcomes, _scrape
-from tests.smtp_server import SmtpServer
 
 TOPIC = "user.signed_up"
 
@@ -116,7 +116,7 @@ async def test_mail_server_outage_pauses_consumption_and_loses_nothing(
 ) -> None:
     """With the server down the breaker opens and the partitions pause; once it is back,
     every record is sent. No record fails or is scheduled for retry meanwhile."""
-    from tests.smtp_server import free_port
+    from service.testing import free_port
 
     port = free_port()
     settings = make_settings(

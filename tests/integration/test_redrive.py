@@ -6,12 +6,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from service.app import Loaded
+from service.app import Loaded, load
 from service.outcomes.redrive import Selection, redrive
+from service.testing import SmtpServer
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
 from tests.integration.test_end_to_end import _outcomes
 from tests.integration.test_guarantees import TOPIC, _event
-from tests.smtp_server import SmtpServer
 
 
 async def test_redrive_after_a_fix_sends_once_and_only_what_was_selected(
@@ -42,19 +42,21 @@ async def test_redrive_after_a_fix_sends_once_and_only_what_was_selected(
     }
 
     fixed = settings.model_copy(update={"routing_file": loaded.table.path})
-    dry = redrive(fixed, Selection(reasons=frozenset({"routing_error"})), dry_run=True)
+    bound = frozenset(load(fixed).bindings)
+    routing_errors = Selection(reasons=frozenset({"routing_error"}))
+    dry = redrive(fixed, routing_errors, bound, dry_run=True)
     assert ({"routing_error": 1}, 1) == (dict(dry.redriven), dry.skipped)
-    report = redrive(fixed, Selection(reasons=frozenset({"routing_error"})))
+    report = redrive(fixed, routing_errors, bound)
     assert {"routing_error": 1} == dict(report.redriven)
-    assert {} == dict(redrive(fixed, Selection()).redriven)  # progress was committed
+    assert {} == dict(redrive(fixed, Selection(), bound).redriven)  # progress was committed
     later = Selection(since=datetime.now(UTC) + timedelta(hours=1))
-    assert 0 == sum(redrive(fixed, later, from_beginning=True).redriven.values())
+    assert 0 == sum(redrive(fixed, later, bound, from_beginning=True).redriven.values())
 
     async with running(fixed):
         await wait_for(lambda: len(smtp.received) == 1, what="the redriven mail")
         outcomes = _outcomes(loaded, await read_topic(settings, "notification.outcomes", 3))
         assert {"routing_error": 1, "decode_error": 1} == dict(
-            redrive(fixed, Selection(), from_beginning=True).redriven
+            redrive(fixed, Selection(), bound, from_beginning=True).redriven
         )
         outcomes = _outcomes(loaded, await read_topic(settings, "notification.outcomes", 5))
     statuses = sorted(o["status"] for o in outcomes)

@@ -9,9 +9,9 @@ from typing import Any
 from service.app import Loaded
 from service.events.schemas import encode_single_object
 from service.outcomes.records import decode_outcome
+from service.testing import SmtpServer
 from tests.conftest import example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
-from tests.smtp_server import SmtpServer
 
 EVENTS = ["order.confirmed", "user.signed_up", "login.suspicious", "password.reset_requested"]
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from service.app import Loaded
 from service.errors import ConfigError, DecodeError, RecordTooLarge
-from service.events.decoder import EventDecoder, TopicBinding
+from service.events.decoder import EventDecoder
+from service.events.model import TopicBinding
 from service.events.schemas import SchemaStore, _stored, encode_single_object, write_body
-from service.kafka.records import RawRecord
 from tests.conftest import ROOT, example_record
 
 TOPIC = "user.signed_up"
@@ -84,8 +84,8 @@ def _decoder(
     return EventDecoder({TOPIC: binding}, store, registry, max_record_bytes=max_record_bytes)
 
 
-def _raw(value: bytes | None, topic: str = TOPIC) -> RawRecord:
-    return RawRecord(topic=topic, partition=0, offset=42, key=b"k", value=value)
+def _raw(value: bytes | None, topic: str = TOPIC) -> tuple[str, bytes | None]:
+    return topic, value
 
 
 @pytest.fixture
@@ -103,14 +103,13 @@ async def test_single_object_round_trip(loaded: Loaded) -> None:
     record = example_record(loaded, TOPIC)
     schema = loaded.store.reader("herald.events.UserSignedUp")
     assert schema is not None
-    event = await _decoder(loaded.store).decode(_raw(encode_single_object(schema, record)))
+    event = await _decoder(loaded.store).decode(*_raw(encode_single_object(schema, record)))
     assert record["event_id"] == event.event_id
     assert "user.signed_up" == event.event_type
     assert record["occurred_at"] == event.occurred_at
     assert "alex.jordan@example.com" == event.recipient.email
     assert "en-US" == event.recipient.locale
     assert record["payload"]["activation_url"] == event.payload["activation_url"]
-    assert 42 == event.source.offset
 
 
 async def test_record_over_the_size_limit_is_refused_unread(loaded: Loaded) -> None:
@@ -119,10 +118,10 @@ async def test_record_over_the_size_limit_is_refused_unread(loaded: Loaded) -> N
     assert schema is not None
     value = encode_single_object(schema, example_record(loaded, TOPIC))
     at_limit = _decoder(loaded.store, max_record_bytes=len(value))
-    assert "user.signed_up" == (await at_limit.decode(_raw(value))).event_type
+    assert "user.signed_up" == (await at_limit.decode(*_raw(value))).event_type
     below = _decoder(loaded.store, max_record_bytes=len(value) - 1)
     with pytest.raises(RecordTooLarge, match=f"record of {len(value):,} bytes .*max_record_bytes"):
-        await below.decode(_raw(value))
+        await below.decode(*_raw(value))
     assert "record_too_large" == RecordTooLarge.reason
 
 
@@ -135,7 +134,7 @@ def test_fingerprint_matches_the_avro_spec() -> None:
 async def test_older_writer_resolves_to_current_reader(evolved_store: SchemaStore) -> None:
     """A producer still on v1 keeps working: missing fields take the reader's defaults."""
     v1 = next(s for s in evolved_store._by_fingerprint.values() if not s.current)
-    event = await _decoder(evolved_store).decode(_raw(encode_single_object(v1, V1_RECORD)))
+    event = await _decoder(evolved_store).decode(*_raw(encode_single_object(v1, V1_RECORD)))
     assert "en" == event.recipient.locale
     assert "UTC" == event.recipient.time_zone
     assert "old@example.com" == event.recipient.email
@@ -145,7 +144,7 @@ async def test_unknown_fingerprint_is_a_decode_error(loaded: Loaded) -> None:
     """A writer schema Herald has never seen is named by its fingerprint, with the fix."""
     stranger = _stored(Path("v1.avsc"), fastavro.parse_schema(V1), current=True)
     with pytest.raises(DecodeError, match=r"unknown schema fingerprint .* schemas/history"):
-        await _decoder(loaded.store).decode(_raw(encode_single_object(stranger, V1_RECORD)))
+        await _decoder(loaded.store).decode(*_raw(encode_single_object(stranger, V1_RECORD)))
 
 
 @pytest.mark.parametrize(
@@ -162,7 +161,7 @@ async def test_bad_framing_is_a_decode_error(
 ) -> None:
     """Tombstones and foreign bytes fail with a reason that says what was expected."""
     with pytest.raises(DecodeError, match=message):
-        await _decoder(loaded.store).decode(_raw(value))
+        await _decoder(loaded.store).decode(*_raw(value))
 
 
 async def test_truncated_and_padded_bodies_are_decode_errors(loaded: Loaded) -> None:
@@ -171,14 +170,14 @@ async def test_truncated_and_padded_bodies_are_decode_errors(loaded: Loaded) -> 
     assert schema is not None
     good = encode_single_object(schema, example_record(loaded, TOPIC))
     with pytest.raises(DecodeError, match="corrupt Avro body"):
-        await _decoder(loaded.store).decode(_raw(good[:-5]))
+        await _decoder(loaded.store).decode(*_raw(good[:-5]))
     with pytest.raises(DecodeError, match="trailing bytes"):
-        await _decoder(loaded.store).decode(_raw(good + b"\x00\x01"))
+        await _decoder(loaded.store).decode(*_raw(good + b"\x00\x01"))
 
 
 async def test_topic_without_binding_is_a_decode_error(loaded: Loaded) -> None:
     with pytest.raises(DecodeError, match="no event type is bound"):
-        await _decoder(loaded.store).decode(_raw(b"\xc3\x01" + b"\x00" * 8, topic="other"))
+        await _decoder(loaded.store).decode(*_raw(b"\xc3\x01" + b"\x00" * 8, topic="other"))
 
 
 @settings(max_examples=300, deadline=None)
@@ -188,7 +187,7 @@ async def test_arbitrary_bytes_only_ever_raise_decode_error(value: bytes) -> Non
     store = SchemaStore.load(ROOT / "schemas")
     for prefix in (b"", b"\xc3\x01" + store.reader("herald.events.UserSignedUp").fingerprint):  # type: ignore[union-attr]
         with contextlib.suppress(DecodeError):
-            await _decoder(store).decode(_raw(prefix + value))
+            await _decoder(store).decode(*_raw(prefix + value))
 
 
 async def test_confluent_wire_format_through_a_registry(evolved_store: SchemaStore) -> None:
@@ -204,10 +203,10 @@ async def test_confluent_wire_format_through_a_registry(evolved_store: SchemaSto
     v1 = next(s for s in evolved_store._by_fingerprint.values() if not s.current)
     value = b"\x00" + schema_id.to_bytes(4, "big") + write_body(v1, V1_RECORD)
     decoder = _decoder(evolved_store, "confluent", registry)
-    event = await decoder.decode(_raw(value))
+    event = await decoder.decode(*_raw(value))
     assert "old@example.com" == event.recipient.email
     assert "en" == event.recipient.locale
-    again = await decoder.decode(_raw(value))
+    again = await decoder.decode(*_raw(value))
     assert event.event_id == again.event_id
 
 
@@ -215,9 +214,9 @@ async def test_confluent_unknown_id_and_bad_magic(store: SchemaStore) -> None:
     registry = AsyncSchemaRegistryClient.new_client({"url": "mock://events-test-empty"})
     decoder = _decoder(store, "confluent", registry)
     with pytest.raises(DecodeError, match="not in the registry"):
-        await decoder.decode(_raw(b"\x00\x00\x00\x03\xe7rest"))
+        await decoder.decode(*_raw(b"\x00\x00\x00\x03\xe7rest"))
     with pytest.raises(DecodeError, match="not Confluent wire format"):
-        await decoder.decode(_raw(b"\xc3\x01abcdefgh"))
+        await decoder.decode(*_raw(b"\xc3\x01abcdefgh"))
 
 
 def test_broken_schema_file_names_file_and_fix(tmp_path: Path) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from service.errors import StoreUnavailable
+from service.flow.handler import patiently
 from service.stores.idempotency import (
     IdempotencyStore,
     RedisStore,
     SqliteStore,
     State,
-    wait_for_store,
 )
 
 
@@ -70,7 +70,7 @@ async def test_sqlite_survives_reopening(tmp_path: Path) -> None:
 
 async def test_redis_out_of_reach_is_store_unavailable() -> None:
     """No store, no sending: the caller waits instead of risking a duplicate."""
-    from tests.smtp_server import free_port
+    from service.testing import free_port
 
     async with RedisStore(f"redis://127.0.0.1:{free_port()}/0", retention_h=1) as s:
         with pytest.raises(StoreUnavailable):
@@ -169,7 +169,7 @@ async def test_sqlite_cancelled_caller_does_not_cancel_the_shared_commit(tmp_pat
 
 async def test_sqlite_locked_by_another_process_is_store_unavailable(tmp_path: Path) -> None:
     """A second writer on the file (a misconfigured second instance) makes callers wait and
-    write again, through `wait_for_store`, instead of crashing the record."""
+    write again, through the flow's `patiently`, instead of crashing the record."""
     path = tmp_path / "keys.sqlite3"
     async with SqliteStore(path, retention_h=1, busy_timeout_s=0.05) as s:
         other = sqlite3.connect(path, isolation_level=None)
@@ -182,7 +182,7 @@ async def test_sqlite_locked_by_another_process_is_store_unavailable(tmp_path: P
         finally:
             other.execute("ROLLBACK")
             other.close()
-        await wait_for_store(lambda: s.data_started("k"))
+        await patiently(lambda: s.data_started("k"), "test")
         assert State.IN_DATA == _in_file(path, "k")
 
 

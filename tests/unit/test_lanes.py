@@ -6,15 +6,21 @@ from typing import Any
 
 import pytest
 
-from service.app import Herald
+from service.app import load
+from service.flow.plan import LanePlan, plan_lanes
 from service.outcomes.retries import RetryPolicy
 from tests.conftest import project_settings
 
 
+def _plan(**overrides: Any) -> list[LanePlan]:
+    settings = project_settings(**overrides)
+    loaded = load(settings)
+    retries = RetryPolicy(settings.retry, settings.kafka.topic_prefix)
+    return plan_lanes(loaded.bindings, loaded.table, settings.processing, retries.topics)
+
+
 def _lanes(**overrides: Any) -> dict[str, list[str]]:
-    herald = Herald(project_settings(**overrides))
-    retries = RetryPolicy(herald.settings.retry, herald.settings.kafka.topic_prefix)
-    return {lane.name: lane.topics for lane in herald.lanes(retries)}
+    return {lane.name: lane.topics for lane in _plan(**overrides)}
 
 
 def test_critical_topics_retries_and_the_rest_each_have_a_lane() -> None:
@@ -36,8 +42,6 @@ def test_retry_topics_stay_apart_without_express_lane() -> None:
 
 @pytest.mark.parametrize(("lane", "suffix"), [("express", "-express"), ("retry", "-retry")])
 def test_each_lane_but_standard_has_its_own_transactional_id(lane: str, suffix: str) -> None:
-    herald = Herald(project_settings())
-    retries = RetryPolicy(herald.settings.retry)
-    by_name = {x.name: x for x in herald.lanes(retries)}
+    by_name = {x.name: x for x in _plan()}
     assert suffix == by_name[lane].suffix
     assert "" == by_name["standard"].suffix  # an upgrade still fences the old instance

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 from urllib.parse import parse_qs, urlsplit
 
-from service.events.decoder import Recipient
+from service.events.model import Recipient
 from service.render.links import decorate, unsubscribe_url, with_utm
 
 R = Recipient(

@@ -1,4 +1,5 @@
-"""Delivery over real SMTP (aiosmtpd on loopback): acceptance, reply classes, retries, RFC 1047."""
+"""Delivery over real SMTP (aiosmtpd on loopback): acceptance, reply classes, the breaker,
+RFC 1047. Retrying is the flow's (tests/unit/test_flow.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.settings import SmtpSettings
-from tests.smtp_server import SmtpServer, TlsSmtpServer
+from service.testing import SmtpServer, TlsSmtpServer
 
 
 @pytest.fixture(params=[False, True], ids=["sequential", "pipelining"])
@@ -75,20 +76,21 @@ async def test_accepted_over_a_pooled_connection(server: SmtpServer) -> None:
     assert 5.0 == metrics.smtp_attempts.labels("accepted", "2xx")._value.get()
 
 
-async def test_permanent_refusal_is_not_retried(server: SmtpServer) -> None:
-    async with Mailer(_settings(server, max_attempts=3), Metrics()) as mailer:
-        with pytest.raises(PermanentDeliveryError) as info:
+async def test_refusals_carry_the_reply_and_their_class(server: SmtpServer) -> None:
+    """A 550 to RCPT is permanent, a 451 transient; each is the message's, not the server's."""
+    async with Mailer(_settings(server), Metrics()) as mailer:
+        with pytest.raises(PermanentDeliveryError) as perm:
             await mailer.send(_email("perm@example.com"))
-    assert (550, "5.1.1", 1) == (info.value.code, info.value.enhanced_code, info.value.attempts)
-    assert 1 == server.handler.rcpt_attempts
-
-
-async def test_transient_refusal_is_retried_then_given_up(server: SmtpServer) -> None:
-    async with Mailer(_settings(server, max_attempts=3), Metrics()) as mailer:
-        with pytest.raises(TransientDeliveryError) as info:
+        with pytest.raises(TransientDeliveryError) as temp:
             await mailer.send(_email("temp@example.com"))
-    assert (451, 3) == (info.value.code, info.value.attempts)
-    assert 3 == server.handler.rcpt_attempts
+        assert not mailer.breaker.is_open
+    assert (550, "5.1.1", False) == (
+        perm.value.code,
+        perm.value.enhanced_code,
+        perm.value.server_wide,
+    )
+    assert (451, False) == (temp.value.code, temp.value.server_wide)
+    assert 2 == server.handler.rcpt_attempts
 
 
 async def test_connection_lost_after_data_is_unknown_and_not_retried(server: SmtpServer) -> None:
@@ -124,7 +126,7 @@ async def test_warming_in_the_background_is_stopped_by_close(server: SmtpServer)
 
 async def test_warm_with_the_relay_out_of_reach_opens_nothing_and_leaves_the_breaker_shut() -> None:
     """Start-up goes on; the first mail connects again, and the breaker judges then."""
-    from tests.smtp_server import free_port
+    from service.testing import free_port
 
     s = SmtpSettings(
         host="127.0.0.1", port=free_port(), tls="none", timeout_s=2, breaker_threshold=1
@@ -135,10 +137,10 @@ async def test_warm_with_the_relay_out_of_reach_opens_nothing_and_leaves_the_bre
         assert not mailer.breaker.is_open
 
 
-async def test_server_down_opens_the_breaker_without_burning_tries() -> None:
-    """Refused connections count against the server, not the message; after `threshold` of
-    them the breaker opens and sends fail fast until the cool-down lets a probe through."""
-    from tests.smtp_server import free_port
+async def test_server_down_opens_the_breaker() -> None:
+    """Refused connections are server-wide failures; after `threshold` of them the breaker
+    opens and sends fail fast until the cool-down lets a probe through."""
+    from service.testing import free_port
 
     port = free_port()
     s = SmtpSettings(
@@ -153,6 +155,10 @@ async def test_server_down_opens_the_breaker_without_burning_tries() -> None:
     )
     metrics = Metrics()
     async with Mailer(s, metrics) as mailer:
+        for _ in range(3):
+            with pytest.raises(TransientDeliveryError, match="connect") as refused:
+                await mailer.send(_email("a@example.com"))
+            assert refused.value.server_wide
         with pytest.raises(SmtpUnavailable, match="breaker is open: connect"):
             await mailer.send(_email("a@example.com"))
         assert mailer.breaker.is_open
@@ -173,8 +179,9 @@ async def test_starttls_is_verified_by_default(tmp_path: Path) -> None:
             host="127.0.0.1", port=server.port, tls="starttls", timeout_s=5, max_attempts=1
         )
         async with Mailer(strict, Metrics()) as mailer:
-            with pytest.raises(SmtpUnavailable, match=r"(?i)certificate"):
+            with pytest.raises(TransientDeliveryError, match=r"(?i)certificate") as refused:
                 await mailer.send(_email("a@example.com"))
+            assert refused.value.server_wide
         trusting = strict.model_copy(update={"ca_file": server.ca_file})
         async with Mailer(trusting, Metrics()) as mailer:
             ok = await mailer.send(_email("a@example.com"))
@@ -316,10 +323,14 @@ async def test_421_to_mail_feeds_the_breaker(pipelining: bool) -> None:
             port=script.port, tls="none", timeout_s=5, max_attempts=3, breaker_threshold=1
         )
         async with Mailer(settings, Metrics()) as mailer:
+            with pytest.raises(TransientDeliveryError) as info:
+                await mailer.send(_email("anyone@example.com"))
+            assert info.value.server_wide
+            assert mailer.breaker.is_open
             with pytest.raises(SmtpUnavailable):
                 await mailer.send(_email("anyone@example.com"))
-            assert mailer.breaker.is_open
-    assert 1 == script.commands.count(b"MAIL")  # the open breaker stopped further tries
+            await asyncio.wait_for(script.ended.wait(), 5)
+    assert 1 == script.commands.count(b"MAIL")  # the open breaker stopped the second
 
 
 async def test_a_waiter_cancelled_after_a_release_passed_it_leaves_cleanly() -> None:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from service.app import Loaded
 from service.delivery.mime import Email, compose, seven_bit
 from service.errors import HeaderInjectionError, InvalidRecipientError
+from service.flow.messages import letter_for
 from service.render.renderer import Rendered
 from service.routing import Category, Notification, Priority, route
 from service.settings import MailSettings
@@ -23,6 +24,12 @@ from tests.conftest import event_from_example, make_event
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 MAIL = MailSettings(from_address="no-reply@shop.example", from_name="Shop")
+
+
+def _compose(n: Notification, r: Rendered, mail: MailSettings, now: datetime) -> Email:
+    return compose(letter_for(n, r), mail, now)
+
+
 PARTS = Rendered(subject="Votre commande — reçue", html="<p>é</p>", text="é\n", locale="fr")
 
 
@@ -53,7 +60,7 @@ def _parse(data: bytes) -> email.message.EmailMessage:
 
 def test_message_parses_back_with_every_header_and_both_parts(loaded: Loaded) -> None:
     n = _n(loaded)
-    m = compose(n, PARTS, MAIL, NOW)
+    m = _compose(n, PARTS, MAIL, NOW)
     msg = _parse(m.data)
     assert "Shop <no-reply@shop.example>" == msg["From"]
     assert "Camille Martin <camille.martin@example.com>" == msg["To"]
@@ -70,15 +77,15 @@ def test_message_parses_back_with_every_header_and_both_parts(loaded: Loaded) ->
 
 def test_message_id_is_deterministic(loaded: Loaded) -> None:
     """A redelivered notification carries the same Message-ID, so duplicates are detectable."""
-    a = compose(_n(loaded), PARTS, MAIL, NOW)
-    b = compose(_n(loaded), PARTS, MAIL, datetime(2027, 1, 1, tzinfo=UTC))
+    a = _compose(_n(loaded), PARTS, MAIL, NOW)
+    b = _compose(_n(loaded), PARTS, MAIL, datetime(2027, 1, 1, tzinfo=UTC))
     assert a.message_id == b.message_id
 
 
 @pytest.mark.parametrize("name", ["Eve\r\nBcc: x@example.com", "Eve\nX-Evil: 1", "Eve\x00"])
 def test_display_name_with_control_characters_is_refused(loaded: Loaded, name: str) -> None:
     with pytest.raises(HeaderInjectionError):
-        compose(_n(loaded, display_name=name), PARTS, MAIL, NOW)
+        _compose(_n(loaded, display_name=name), PARTS, MAIL, NOW)
 
 
 @pytest.mark.parametrize(
@@ -86,7 +93,7 @@ def test_display_name_with_control_characters_is_refused(loaded: Loaded, name: s
 )
 def test_invalid_recipient_address_is_a_permanent_failure(loaded: Loaded, address: str) -> None:
     with pytest.raises(InvalidRecipientError):
-        compose(_n(loaded, email=address), PARTS, MAIL, NOW)
+        _compose(_n(loaded, email=address), PARTS, MAIL, NOW)
 
 
 @given(st.text(max_size=80))
@@ -94,7 +101,7 @@ def test_no_display_name_can_add_a_header(name: str) -> None:
     """Property: whatever the name, the message has exactly the headers Herald wrote."""
     n = _bare(name, "k" * 32)
     try:
-        m = compose(n, PARTS, MAIL, NOW)
+        m = _compose(n, PARTS, MAIL, NOW)
     except HeaderInjectionError:
         assert any(ord(c) < 32 or ord(c) == 127 for c in name)
         return
@@ -123,10 +130,10 @@ def test_optional_mail_carries_one_click_unsubscribe(loaded: Loaded) -> None:
         locale="en",
         unsubscribe_url="https://shop.example/unsubscribe?user=u1&list=x",
     )
-    msg = _parse(compose(_n(loaded), parts, MAIL, NOW).data)
+    msg = _parse(_compose(_n(loaded), parts, MAIL, NOW).data)
     assert "<https://shop.example/unsubscribe?user=u1&list=x>" == msg["List-Unsubscribe"]
     assert "List-Unsubscribe=One-Click" == msg["List-Unsubscribe-Post"]
-    plain = _parse(compose(_n(loaded), PARTS, MAIL, NOW).data)
+    plain = _parse(_compose(_n(loaded), PARTS, MAIL, NOW).data)
     assert plain["List-Unsubscribe"] is None
 
 
@@ -198,7 +205,7 @@ def test_message_parses_back_to_what_was_rendered(
     those headers and parts, no line exceeds 998 octets; and so for the 7-bit downgrade."""
     n = _bare(name, KEY)
     subject = subject.strip() or "s"  # the renderer strips subjects
-    m = compose(n, Rendered(subject=subject, html=html, text=text, locale="fr"), MAIL, NOW)
+    m = _compose(n, Rendered(subject=subject, html=html, text=text, locale="fr"), MAIL, NOW)
     msg = _parse(m.data)
     assert subject == msg["Subject"]
     _assert_display_name_reads_back((name or "").strip(), m.data, msg)
@@ -280,7 +287,7 @@ def test_long_non_ascii_subjects_and_names_are_encoded_and_fold(subject: str, na
     within 75 characters, cut between characters, and header lines within 76/78 columns."""
     subject = subject.strip() or "s"
     n = _bare(name, "0123456789abcdef" * 2)
-    m = compose(n, Rendered(subject=subject, html="h", text="t", locale="fr"), MAIL, NOW)
+    m = _compose(n, Rendered(subject=subject, html="h", text="t", locale="fr"), MAIL, NOW)
     msg = _parse(m.data)
     assert subject == msg["Subject"]
     _assert_display_name_reads_back(name.strip(), m.data, msg)
@@ -301,7 +308,7 @@ def test_long_non_ascii_subjects_and_names_are_encoded_and_fold(subject: str, na
 def test_display_names_standard_library_readers_agree_on(name: str) -> None:
     """Plain words stay atoms and short runs of others one encoded-word, so CPython's parser,
     which departs from RFC 2047 6.2 between adjacent encoded-words, reads these exactly."""
-    m = compose(_bare(name, "k" * 32), PARTS, MAIL, NOW)
+    m = _compose(_bare(name, "k" * 32), PARTS, MAIL, NOW)
     assert name == _parse(m.data)["To"].addresses[0].display_name
     assert not re.search(r"\?=\s+=\?", _raw_header(m.data, "To"))
     _assert_display_name_reads_back(name, m.data, _parse(m.data))
@@ -312,7 +319,7 @@ def test_display_names_standard_library_readers_agree_on(name: str) -> None:
 def test_subject_that_looks_encoded_reads_back_as_written(subject: str) -> None:
     """ASCII "=?…?=" in a subject is text: it is encoded so that no reader decodes it."""
     parts = Rendered(subject=subject, html="h", text="t", locale="fr")
-    m = compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)
+    m = _compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)
     assert subject == _parse(m.data)["Subject"]
     _assert_header_lines_fit(m.data)
 
@@ -321,7 +328,7 @@ def test_long_ascii_subject_folds_at_spaces_without_encoding() -> None:
     """An ASCII subject over 78 columns is folded, not encoded, and unfolds to itself."""
     subject = "Security alert: the email address of your Herald Demo account was changed today"
     parts = Rendered(subject=subject, html="h", text="t", locale="en")
-    m = compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)
+    m = _compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)
     assert b"=?" not in m.data.split(b"\r\n\r\n", 1)[0]
     assert subject == _raw_header(m.data, "Subject") == _parse(m.data)["Subject"]
     _assert_header_lines_fit(m.data)
@@ -351,7 +358,7 @@ def test_each_part_goes_as_is_when_it_may(text: str, encoding: str) -> None:
     """RFC 5322 2.1.1, RFC 2045 2.7-2.8, RFC 2046 5.1.1: unencoded, in ASCII or UTF-8, unless
     a line is over 998 octets, a CR or NUL is in it, or the part would hold its delimiter."""
     parts = Rendered(subject="s", html=text, text=text, locale="fr")
-    msg = _parse(compose(_bare("Ada", KEY), parts, MAIL, NOW).data)
+    msg = _parse(_compose(_bare("Ada", KEY), parts, MAIL, NOW).data)
     assert (encoding, text) == _read_back(msg, "plain") == _read_back(msg, "html")
 
 
@@ -360,12 +367,12 @@ def test_base64_fallback_is_what_encodebytes_gave() -> None:
     byte the old encodebytes output. So does an 8bit part in the 7-bit downgrade."""
     for text in ["\r", "é\r\n", "x" * 999, "\x00" + "x" * 57, "<p>é</p>\r\n" * 500]:
         parts = Rendered(subject="s", html=text, text=text, locale="fr")
-        data = compose(_bare("Ada", "k" * 32), parts, MAIL, NOW).data
+        data = _compose(_bare("Ada", "k" * 32), parts, MAIL, NOW).data
         body = base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
         assert 2 == data.count(b"base64\r\n\r\n" + body + b"\r\n--")
     text = "<p>é</p>\n" * 500
     parts = Rendered(subject="s", html=text, text=text, locale="fr")
-    data = seven_bit(compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)).data
+    data = seven_bit(_compose(_bare("Ada", "k" * 32), parts, MAIL, NOW)).data
     body = base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
     assert 2 == data.count(b"base64\r\n\r\n" + body + b"\r\n--")
 
@@ -375,7 +382,7 @@ def test_rendered_mail_goes_unencoded_and_downgrades(loaded: Loaded) -> None:
     base64 would make it, reads back as rendered, and its 7-bit downgrade too."""
     n = _n(loaded)
     r = loaded.renderer.render(n)
-    m = compose(n, r, MAIL, NOW)
+    m = _compose(n, r, MAIL, NOW)
     msg = _parse(m.data)
     assert ("8bit", r.html) == _read_back(msg, "html")
     assert (_encoding_for(r.text), r.text) == _read_back(msg, "plain")

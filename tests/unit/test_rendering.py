@@ -17,7 +17,8 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from service.app import Loaded, load
 from service.errors import ConfigError, HeaderInjectionError, RenderError
-from service.render.renderer import PARTS, Renderer, _Sandbox, _wordwrap
+from service.render.renderer import PARTS, Renderer, _Sandbox
+from service.render.wrap import wordwrap as _wordwrap
 from service.routing import route
 from service.settings import BrandSettings
 from tests.conftest import ROOT, event_from_example, project_settings

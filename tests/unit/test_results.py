@@ -13,7 +13,7 @@ AT = datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=UTC)
 
 def _codec(loaded: Loaded) -> OutcomeCodec:
     schema = OutcomeCodec.outcome_schema(loaded.store)
-    return OutcomeCodec(results_topic="r", dead_letter_topic="d", schema=schema)
+    return OutcomeCodec(results_topic="r", schema=schema)
 
 
 def _every_field_set() -> Outcome:

@@ -18,15 +18,22 @@ from service.app import Loaded
 from service.delivery.mime import Email, compose, seven_bit
 from service.delivery.pool import Mailer
 from service.delivery.smtp import _on_the_wire
+from service.flow.messages import letter_for
 from service.metrics import Metrics
 from service.render.renderer import Rendered
-from service.routing import route
+from service.routing import Notification, route
 from service.settings import MailSettings, SmtpSettings
+from service.testing import RecordingHandler, free_port
 from tests.conftest import event_from_example
-from tests.smtp_server import RecordingHandler, free_port
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 MAIL = MailSettings(from_address="no-reply@shop.example", from_name="Shop")
+
+
+def _compose(n: Notification, r: Rendered, mail: MailSettings, now: datetime) -> Email:
+    return compose(letter_for(n, r), mail, now)
+
+
 DOTS = "Détails :\n.une ligne qui commence par un point\n.\n..deux\nfin\n"
 """Lines that DATA must dot-stuff (RFC 5321 4.5.2), one of them the terminator's look-alike."""
 
@@ -70,7 +77,7 @@ def _composed(loaded: Loaded, **parts: str) -> tuple[Email, Rendered]:
     """The order confirmation as rendered, with `parts` replacing some of it."""
     (n,) = route(event_from_example(loaded, "order.confirmed"), loaded.table)
     r = dataclasses.replace(loaded.renderer.render(n), **parts)
-    return compose(n, r, MAIL, NOW), r
+    return _compose(n, r, MAIL, NOW), r
 
 
 def _parts(data: bytes) -> list[str]:

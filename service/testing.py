@@ -1,8 +1,10 @@
-"""A real SMTP server on 127.0.0.1 (aiosmtpd) that records messages and can misbehave on cue.
+"""Doubles for testing code that uses Herald, as `structlog.testing` is for structlog: a
+record factory, an in-memory idempotency store, and a real SMTP server on 127.0.0.1 (aiosmtpd,
+from the `dev` extra) that records messages and misbehaves on cue.
 
-Behaviour is chosen per recipient local part, so one server serves every scenario:
-`perm…@` → 550 5.1.1 at RCPT, `temp…@` → 451 4.3.0 at RCPT, `flaky…@` → 451 for the first
-three RCPTs of that address then accepted, `drop…@` → connection closed after the message
+The SMTP server chooses its behaviour per recipient local part, so one server serves every
+scenario: `perm…@` → 550 5.1.1 at RCPT, `temp…@` → 451 4.3.0 at RCPT, `flaky…@` → 451 for the
+first three RCPTs of that address then accepted, `drop…@` → connection closed after the message
 body, before any reply (the RFC 1047 window), `slow…@` → the reply to DATA comes after
 `SLOW_DATA_S` (a relay busy scanning the message).
 """
@@ -20,6 +22,82 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+
+from service.errors import StoreUnavailable
+from service.kafka.records import RawRecord
+from service.stores.idempotency import IdempotencyStore, Prior, State
+
+
+def record(
+    topic: str,
+    value: bytes | None,
+    *,
+    key: bytes | None = None,
+    partition: int = 0,
+    offset: int = 0,
+    headers: tuple[tuple[str, bytes], ...] = (),
+) -> RawRecord:
+    """A consumed record, as the Kafka adapter hands it to the flow."""
+    return RawRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        value=value,
+        headers=headers,
+        timestamp_ms=int(time.time() * 1000),
+    )
+
+
+class MemoryStore(IdempotencyStore):
+    """The idempotency store in a dict; `down` makes every call raise StoreUnavailable."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {}
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("memory store set down by the test")
+
+    def state(self, key: str) -> State:
+        return State(self.values[key]["state"]) if key in self.values else State.NEW
+
+    async def claim(self, key: str) -> Prior:
+        self._check()
+        prior = self.values.get(key)
+        if prior is None or prior["state"] == State.CLAIMED:
+            self.values[key] = {"state": State.CLAIMED.value}
+        return _prior(prior)
+
+    async def data_started(self, key: str) -> None:
+        self._check()
+        self.values[key] = {"state": State.IN_DATA.value}
+
+    async def accepted(self, key: str, *, message_id: str, smtp_code: int, sent_at_ms: int) -> None:
+        self._check()
+        self.values[key] = {
+            "state": State.ACCEPTED.value,
+            "message_id": message_id,
+            "smtp_code": smtp_code,
+            "sent_at_ms": sent_at_ms,
+        }
+
+    async def release(self, key: str) -> None:
+        self._check()
+        self.values.pop(key, None)
+
+
+def _prior(value: dict[str, Any] | None) -> Prior:
+    if value is None:
+        return Prior(state=State.NEW)
+    return Prior(
+        state=State(value["state"]),
+        message_id=value.get("message_id"),
+        smtp_code=value.get("smtp_code"),
+        sent_at_ms=value.get("sent_at_ms"),
+    )
+
 
 SLOW_DATA_S = 3.0
 
@@ -42,7 +120,9 @@ class Received:
 
     @property
     def message(self) -> EmailMessage:
-        return email.message_from_bytes(self.data, policy=email.policy.default)  # type: ignore[return-value]
+        parsed = email.message_from_bytes(self.data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
 
 
 @dataclass
