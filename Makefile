@@ -7,8 +7,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
+REGISTRY := deploy/registry/registry.sh
 
-.PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
+.PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset \
+        registry-fetch registry-start registry-stop registry-status run demo test \
         test-unit test-integration bench chaos check preview lint format typecheck check-config clean
 
 help: ## list the targets
@@ -33,8 +35,10 @@ system-deps: ## install redis-server and chromium from Debian's packages if miss
 	  echo "Installing from Debian's packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
-# With KAFKA_BOOTSTRAP_SERVERS the tests use that cluster, so no broker needs fetching.
+# With KAFKA_BOOTSTRAP_SERVERS the tests use that cluster, so no broker needs fetching; with
+# SCHEMA_REGISTRY_URL, that registry.
 BROKER_FOR_TESTS := $(if $(KAFKA_BOOTSTRAP_SERVERS),,kafka-fetch)
+REGISTRY_FOR_TESTS := $(if $(SCHEMA_REGISTRY_URL),,registry-fetch)
 
 kafka-fetch: ## download the Kafka broker jars from Maven Central into ~/.cache/herald
 	$(BROKER) fetch
@@ -51,7 +55,19 @@ kafka-status: ## is the local broker running?
 kafka-reset: ## stop the local broker and delete its data
 	$(BROKER) reset
 
-run: install ## local broker + SMTP capture (var/outbox) + Herald, in the foreground; Ctrl-C stops all
+registry-fetch: ## download Apicurio Registry from Maven Central into ~/.cache/herald
+	$(REGISTRY) fetch
+
+registry-start: ## start the local schema registry (in memory) on 127.0.0.1:8081 (background)
+	$(REGISTRY) start
+
+registry-stop: ## stop the local schema registry
+	$(REGISTRY) stop
+
+registry-status: ## is the local schema registry running?
+	$(REGISTRY) status
+
+run: install ## local broker + SMTP capture (var/outbox) + Herald in the foreground (LOCAL_REGISTRY=1: + registry)
 	deploy/local/run.sh
 
 demo: install ## publish the example events to the running `make run` and print their outcomes
@@ -67,14 +83,14 @@ check: install ## check-config, plus every template against its event schema (no
 preview: install ## render every notification x locale into var/preview/index.html
 	$(BIN)/herald preview
 
-test: install system-deps $(BROKER_FOR_TESTS) ## the whole suite: unit, integration and quick fault injection
+test: install system-deps $(BROKER_FOR_TESTS) $(REGISTRY_FOR_TESTS) ## the whole suite: unit, integration and quick fault injection
 	$(BIN)/herald check
 	$(BIN)/pytest
 
 test-unit: install system-deps ## only the tests that need no broker
 	$(BIN)/pytest -m 'not integration'
 
-test-integration: install system-deps $(BROKER_FOR_TESTS) ## only the tests on the real broker
+test-integration: install system-deps $(BROKER_FOR_TESTS) $(REGISTRY_FOR_TESTS) ## only the tests on the real broker
 	$(BIN)/pytest -m integration
 
 bench: install kafka-fetch ## load benchmark: ratios to the naive baseline and the blast ceiling (docs/benchmarks.md)
@@ -94,6 +110,7 @@ format: install ## ruff format and autofix
 typecheck: install ## mypy --strict
 	$(BIN)/mypy
 
-clean: ## stop the local broker, remove caches and local state (not the downloaded broker)
+clean: ## stop the local broker and registry, remove caches and local state (not the downloads)
 	-$(BROKER) stop
+	-$(REGISTRY) stop
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
