@@ -4,6 +4,9 @@
 2. testcontainers' Kafka (KRaft) when a Docker engine answers;
 3. else the project's own single-node KRaft broker (`deploy/kafka/broker.sh`), started on free
    loopback ports with a throw-away data directory, and stopped after the session.
+
+And a real Schema Registry, for the tests that ask for one: `SCHEMA_REGISTRY_URL` when set,
+else the project's Apicurio Registry (`deploy/registry/registry.sh`) on free loopback ports.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from tests.conftest import ROOT, project_settings
 from tests.smtp_server import SmtpServer, free_port
 
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
+REGISTRY = ROOT / "deploy" / "registry" / "registry.sh"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -80,6 +84,27 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([str(BROKER), "stop"], env=env, check=False, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Confluent-compatible registry's base URL; started only by the tests that need one."""
+    existing = os.environ.get("SCHEMA_REGISTRY_URL")
+    if existing:
+        yield existing
+        return
+    port = free_port()
+    env = {
+        **os.environ,
+        "REGISTRY_DATA_DIR": str(tmp_path_factory.mktemp("registry")),
+        "REGISTRY_PORT": str(port),
+        "REGISTRY_MANAGEMENT_PORT": str(free_port()),
+    }
+    subprocess.run([str(REGISTRY), "start"], env=env, check=True, timeout=300)
+    try:
+        yield f"http://127.0.0.1:{port}/apis/ccompat/v7"
+    finally:
+        subprocess.run([str(REGISTRY), "stop"], env=env, check=False, timeout=60)
 
 
 @pytest.fixture
