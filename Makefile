@@ -25,10 +25,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install Herald with its dev tools
 
 # From Debian's packages: redis-server (the tests start a throw-away one for the shared
-# idempotency store) and chromium (the preview gallery is rendered in it headless).
-SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
+# idempotency store), chromium (the preview gallery is rendered in it headless) and openssl
+# (the test broker's SASL_SSL listener gets a certificate from a throw-away CA).
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium openssl:openssl
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-system-deps: ## install redis-server and chromium from Debian's packages if missing (needs root)
+system-deps: ## install redis-server, chromium and openssl from Debian's packages if missing (needs root)
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
