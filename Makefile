@@ -5,24 +5,38 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LOCK     := requirements.lock
+DEV_LOCK := requirements-dev.lock
+# A change of pyproject.toml or of the lock makes a new stamp, so the next target reinstalls.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(DEV_LOCK) | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
 REGISTRY := deploy/registry/registry.sh
 
-.PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset \
+.PHONY: help install lock system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset \
         registry-fetch registry-start registry-stop registry-status run demo test \
         test-unit test-integration bench chaos check preview lint format typecheck check-config clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# --clear: a package dropped from the lock must not linger in the venv. Every dependency
+# comes from the lock, checked against its hashes; Herald itself is installed without any.
+$(STAMP): pyproject.toml $(DEV_LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) ## create .venv and install Herald with its dev tools
+install: $(STAMP) ## create .venv and install Herald with its dev tools, as locked
+
+# requirements.lock: the runtime dependencies. requirements-dev.lock: those plus the dev
+# extra, constrained to the same versions. Universal (any OS, Python 3.11+), with hashes.
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+              --generate-hashes --quiet --custom-compile-command 'make lock' $(LOCK_ARGS)
+lock: install ## re-resolve requirements*.lock from pyproject.toml (LOCK_ARGS=--upgrade for the newest)
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
 
 # From Debian's packages: redis-server (the tests start a throw-away one for the shared
 # idempotency store), chromium (the preview gallery is rendered in it headless) and openssl
