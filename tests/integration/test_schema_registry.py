@@ -8,7 +8,8 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from service.app import Loaded
+from service.app import Herald, Loaded, registry_client
 from service.settings import Settings
 from tests.conftest import ROOT, example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
@@ -75,6 +76,18 @@ def _outcomes(client: SchemaRegistryClient, settings: Settings, messages: list[A
     return [deserialize(m.value(), ctx) for m in messages]
 
 
+@asynccontextmanager
+async def herald_on_the_registry(settings: Settings) -> AsyncIterator[Herald]:
+    """Herald with the registry client it would make itself, closed afterwards: Herald does
+    not close the one it makes, and its open connections would warn when collected."""
+    registry = registry_client(settings)
+    try:
+        async with running(settings, registry=registry) as herald:
+            yield herald
+    finally:
+        await registry.aclose()
+
+
 @pytest.fixture
 def client(schema_registry_url: str) -> Iterator[SchemaRegistryClient]:
     """The producers' and consumers' side of the registry, closed after the test."""
@@ -121,7 +134,7 @@ async def test_confluent_topics_decode_through_a_real_registry(
         batch.append((event_type, record["recipient"]["user_id"].encode(), value))
     produce(settings, batch)
 
-    async with running(settings):
+    async with herald_on_the_registry(settings):
         await wait_for(lambda: len(smtp.received) >= 3, what="three mails")
         messages = await read_topic(settings, "notification.outcomes", 3)
 
@@ -178,7 +191,7 @@ async def test_backward_compatible_evolution_decodes_old_and_new_writers(
     assert (id1, id2) == (_schema_id(old_value), _schema_id(new_value))
     produce(settings, [(TOPIC, b"k", old_value), (TOPIC, b"k", new_value)])
 
-    async with running(settings):
+    async with herald_on_the_registry(settings):
         await wait_for(lambda: len(smtp.received) >= 2, what="both mails")
         messages = await read_topic(settings, "notification.outcomes", 2)
 

@@ -96,10 +96,11 @@ def test_the_installed_environment_matches_the_dev_lock() -> None:
     assert {} == mismatched
 
 
-def test_the_schema_registry_client_needs_only_the_schemaregistry_extra() -> None:
+async def test_the_schema_registry_client_needs_only_the_schemaregistry_extra() -> None:
     """The client Herald builds imports with the extra's dependencies; `avro` is not locked."""
     client = registry_client(project_settings(registry={"url": "http://127.0.0.1:1"}))
     assert "AsyncSchemaRegistryClient" == type(client).__name__
+    await client.aclose()
     confluent = next(r for r in _declared() if canonicalize_name(r.name) == "confluent-kafka")
     assert {"schemaregistry"} == confluent.extras
     assert {"avro", "requests"}.isdisjoint(_pins("requirements.lock"))
