@@ -5,36 +5,55 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+LOCK     := requirements.lock
+DEV_LOCK := requirements-dev.lock
+# A change of pyproject.toml or of the lock makes a new stamp, so the next target reinstalls.
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(DEV_LOCK) | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
+REGISTRY := deploy/registry/registry.sh
 
-.PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
+.PHONY: help install lock system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset \
+        registry-fetch registry-start registry-stop registry-status run demo test \
         test-unit test-integration bench chaos check preview lint format typecheck check-config clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# --clear: a package dropped from the lock must not linger in the venv. Every dependency
+# comes from the lock, checked against its hashes; Herald itself is installed without any.
+$(STAMP): pyproject.toml $(DEV_LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(DEV_LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
-install: $(STAMP) ## create .venv and install Herald with its dev tools
+install: $(STAMP) ## create .venv and install Herald with its dev tools, as locked
+
+# requirements.lock: the runtime dependencies. requirements-dev.lock: those plus the dev
+# extra, constrained to the same versions. Universal (any OS, Python 3.11+), with hashes.
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 \
+              --generate-hashes --quiet --custom-compile-command 'make lock' $(LOCK_ARGS)
+lock: install ## re-resolve requirements*.lock from pyproject.toml (LOCK_ARGS=--upgrade for the newest)
+	$(UV_COMPILE) -o $(LOCK)
+	$(UV_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
 
 # From Debian's packages: redis-server (the tests start a throw-away one for the shared
-# idempotency store) and chromium (the preview gallery is rendered in it headless).
-SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
+# idempotency store), chromium (the preview gallery is rendered in it headless) and openssl
+# (the test broker's SASL_SSL listener gets a certificate from a throw-away CA).
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium openssl:openssl
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-system-deps: ## install redis-server and chromium from Debian's packages if missing (needs root)
+system-deps: ## install redis-server, chromium and openssl from Debian's packages if missing (needs root)
 	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
 	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing from Debian's packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 
-# With KAFKA_BOOTSTRAP_SERVERS the tests use that cluster, so no broker needs fetching.
+# With KAFKA_BOOTSTRAP_SERVERS the tests use that cluster, so no broker needs fetching; with
+# SCHEMA_REGISTRY_URL, that registry.
 BROKER_FOR_TESTS := $(if $(KAFKA_BOOTSTRAP_SERVERS),,kafka-fetch)
+REGISTRY_FOR_TESTS := $(if $(SCHEMA_REGISTRY_URL),,registry-fetch)
 
 kafka-fetch: ## download the Kafka broker jars from Maven Central into ~/.cache/herald
 	$(BROKER) fetch
@@ -51,7 +70,19 @@ kafka-status: ## is the local broker running?
 kafka-reset: ## stop the local broker and delete its data
 	$(BROKER) reset
 
-run: install ## local broker + SMTP capture (var/outbox) + Herald, in the foreground; Ctrl-C stops all
+registry-fetch: ## download Apicurio Registry from Maven Central into ~/.cache/herald
+	$(REGISTRY) fetch
+
+registry-start: ## start the local schema registry (in memory) on 127.0.0.1:8081 (background)
+	$(REGISTRY) start
+
+registry-stop: ## stop the local schema registry
+	$(REGISTRY) stop
+
+registry-status: ## is the local schema registry running?
+	$(REGISTRY) status
+
+run: install ## local broker + SMTP capture (var/outbox) + Herald in the foreground (LOCAL_REGISTRY=1: + registry)
 	deploy/local/run.sh
 
 demo: install ## publish the example events to the running `make run` and print their outcomes
@@ -67,14 +98,14 @@ check: install ## check-config, plus every template against its event schema (no
 preview: install ## render every notification x locale into var/preview/index.html
 	$(BIN)/herald preview
 
-test: install system-deps $(BROKER_FOR_TESTS) ## the whole suite: unit, integration and quick fault injection
+test: install system-deps $(BROKER_FOR_TESTS) $(REGISTRY_FOR_TESTS) ## the whole suite: unit, integration and quick fault injection
 	$(BIN)/herald check
 	$(BIN)/pytest
 
 test-unit: install system-deps ## only the tests that need no broker
 	$(BIN)/pytest -m 'not integration'
 
-test-integration: install system-deps $(BROKER_FOR_TESTS) ## only the tests on the real broker
+test-integration: install system-deps $(BROKER_FOR_TESTS) $(REGISTRY_FOR_TESTS) ## only the tests on the real broker
 	$(BIN)/pytest -m integration
 
 bench: install kafka-fetch ## load benchmark: ratios to the naive baseline and the blast ceiling (docs/benchmarks.md)
@@ -95,6 +126,7 @@ format: install ## ruff format and autofix
 typecheck: install ## mypy --strict
 	$(BIN)/mypy
 
-clean: ## stop the local broker, remove caches and local state (not the downloaded broker)
+clean: ## stop the local broker and registry, remove caches and local state (not the downloads)
 	-$(BROKER) stop
+	-$(REGISTRY) stop
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,7 @@ bench.workers <name> ...`), printing one JSON line of results on stdout.
 
 - `raw-blast`: pipelined raw SMTP at the sink, no client library: what the sink can take.
 - `blast`: the ceiling of the send path: messages pre-rendered once with Herald's own renderer
-  and composer, then sent through Herald's own SMTP pool (`service.mailer.Mailer`, `pool`
+  and composer, then sent through Herald's own SMTP pool (`service.delivery.pool.Mailer`, `pool`
   connections, pipelined where the sink offers it), as fast as it takes them. Until
   2026-11-22 21:47 this was plain aiosmtplib (MAIL, RCPT, DATA, three round trips), which
   Herald's send path has outgrown.
@@ -128,7 +128,7 @@ def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]
 
 
 def blast(args: argparse.Namespace) -> None:
-    """Herald's own SMTP pool (service.mailer.Mailer: pooled, pipelined where the server
+    """Herald's own SMTP pool (service.delivery.pool.Mailer: pooled, pipelined where the server
     offers it, bodies written as composed), fed pre-rendered mail as fast as it takes it."""
     from service.delivery.pool import Mailer
     from service.metrics import Metrics

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: the local broker, an SMTP capture server and Herald, in the foreground.
+# With LOCAL_REGISTRY=1 it also starts the local schema registry and points Herald at it
+# (HERALD_REGISTRY__URL), for routing tables with `encoding: confluent`.
 # Ctrl-C (or SIGTERM) stops Herald first, so it drains and commits, then the rest.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,10 +16,12 @@ export HERALD_LOG__FORMAT=${HERALD_LOG__FORMAT:-console}
 
 outbox_pid=""
 started_broker=""
+started_registry=""
 cleanup() {
   trap - INT TERM EXIT
   [ -n "$outbox_pid" ] && kill "$outbox_pid" 2>/dev/null && wait "$outbox_pid" 2>/dev/null
   [ -n "$started_broker" ] && deploy/kafka/broker.sh stop
+  [ -n "$started_registry" ] && deploy/registry/registry.sh stop
   echo "herald-local: stopped"
 }
 trap cleanup INT TERM EXIT
@@ -25,6 +29,15 @@ trap cleanup INT TERM EXIT
 if ! deploy/kafka/broker.sh status >/dev/null 2>&1; then
   deploy/kafka/broker.sh start
   started_broker=1
+fi
+registry_line=""
+if [ "${LOCAL_REGISTRY:-}" = 1 ]; then
+  if ! deploy/registry/registry.sh status >/dev/null 2>&1; then
+    deploy/registry/registry.sh start
+    started_registry=1
+  fi
+  export HERALD_REGISTRY__URL=${HERALD_REGISTRY__URL:-$(deploy/registry/registry.sh url)}
+  registry_line="  Schema registry  ${HERALD_REGISTRY__URL}   (in memory; log: var/registry/registry.log)"
 fi
 "$BIN/herald" topics --partitions 3
 "$BIN/herald" outbox --port "$OUTBOX_PORT" --directory var/outbox &
@@ -36,7 +49,8 @@ cat <<BANNER
   ─────────────────────────
   Kafka broker     ${HERALD_KAFKA__BOOTSTRAP_SERVERS}   (log: var/kafka/broker.log)
   SMTP capture     127.0.0.1:${OUTBOX_PORT}   -> var/outbox/*.eml
-  Metrics          http://127.0.0.1:${HERALD_HTTP__PORT:-9464}/metrics   (/healthz, /readyz)
+${registry_line:+$registry_line
+}  Metrics          http://127.0.0.1:${HERALD_HTTP__PORT:-9464}/metrics   (/healthz, /readyz)
   Try it           make demo   (in another terminal)
   Stop             Ctrl-C
 

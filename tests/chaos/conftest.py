@@ -24,9 +24,9 @@ from service.app import Loaded
 from tests.chaos.harness import FULL, QUICK, Run, Scale
 from tests.chaos.infra import DedicatedBroker, RedisServer, dedicated_broker
 from tests.chaos.workload import trapped_templates
-from tests.integration.conftest import kafka_bootstrap
+from tests.integration.conftest import kafka_bootstrap, kafka_broker
 
-__all__ = ["kafka_bootstrap"]
+__all__ = ["kafka_bootstrap", "kafka_broker"]
 
 HERE = Path(__file__).resolve().parent
 

@@ -3,19 +3,26 @@
 1. `KAFKA_BOOTSTRAP_SERVERS` when set: an existing cluster;
 2. testcontainers' Kafka (KRaft) when a Docker engine answers;
 3. else the project's own single-node KRaft broker (`deploy/kafka/broker.sh`), started on free
-   loopback ports with a throw-away data directory, and stopped after the session.
+   loopback ports with a throw-away data directory, and stopped after the session. It also has
+   a SASL_SSL listener (SCRAM-SHA-512) for `kafka_sasl_ssl`; with 1. or 2., that fixture starts
+   a broker of its own.
+
+And a real Schema Registry, for the tests that ask for one: `SCHEMA_REGISTRY_URL` when set,
+else the project's Apicurio Registry (`deploy/registry/registry.sh`) on free loopback ports.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ from service.testing import SmtpServer, free_port
 from tests.conftest import ROOT, project_settings
 
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
+REGISTRY = ROOT / "deploy" / "registry" / "registry.sh"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,11 +60,71 @@ def _docker_answers() -> bool:
         return False
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaslSsl:
+    """A broker's SASL_SSL listener (SCRAM-SHA-512 over TLS) and the credential it accepts."""
+
+    bootstrap: str
+    plaintext: str
+    """The same broker's plain listener, for the test's own producers and readers."""
+    username: str
+    password: str
+    ca_file: Path
+    """The throw-away CA that signed the broker's certificate."""
+
+    def config(self) -> dict[str, str]:
+        """librdkafka properties for this listener, all but the password."""
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": self.username,
+            "ssl.ca.location": str(self.ca_file),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Broker:
+    bootstrap: str
+    sasl_ssl: SaslSsl | None
+    """Present when the session started the project's broker."""
+
+
+@contextmanager
+def _project_broker(data_dir: Path) -> Iterator[Broker]:
+    """deploy/kafka/broker.sh on free loopback ports, with its SASL_SSL listener."""
+    port, sasl_port = free_port(), free_port()
+    password = secrets.token_urlsafe(18)
+    env = {
+        **os.environ,
+        "KAFKA_DATA_DIR": str(data_dir),
+        "KAFKA_PORT": str(port),
+        "KAFKA_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_SASL_SSL_PORT": str(sasl_port),
+        "KAFKA_SASL_USER": "herald",
+        "KAFKA_SASL_PASSWORD": password,
+        "KAFKA_NUM_PARTITIONS": "3",
+    }
+    subprocess.run([str(BROKER), "start"], env=env, check=True, timeout=300)
+    try:
+        yield Broker(
+            bootstrap=f"127.0.0.1:{port}",
+            sasl_ssl=SaslSsl(
+                bootstrap=f"127.0.0.1:{sasl_port}",
+                plaintext=f"127.0.0.1:{port}",
+                username="herald",
+                password=password,
+                ca_file=data_dir / "tls" / "ca.pem",
+            ),
+        )
+    finally:
+        subprocess.run([str(BROKER), "stop"], env=env, check=False, timeout=120)
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     existing = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if existing:
-        yield existing
+        yield Broker(bootstrap=existing, sasl_ssl=None)
         return
     if _docker_answers():
         try:
@@ -65,21 +133,49 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer().with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
+            yield Broker(bootstrap=kafka.get_bootstrap_server(), sasl_ssl=None)
         return
-    port, cport = free_port(), free_port()
+    with _project_broker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: Broker) -> str:
+    return kafka_broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def kafka_sasl_ssl(
+    kafka_broker: Broker, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SaslSsl]:
+    """The session broker's SASL_SSL listener, or a project broker of its own if it has none."""
+    if kafka_broker.sasl_ssl is not None:
+        yield kafka_broker.sasl_ssl
+        return
+    with _project_broker(tmp_path_factory.mktemp("kafka-sasl")) as broker:
+        assert broker.sasl_ssl is not None
+        yield broker.sasl_ssl
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Confluent-compatible registry's base URL; started only by the tests that need one."""
+    existing = os.environ.get("SCHEMA_REGISTRY_URL")
+    if existing:
+        yield existing
+        return
+    port = free_port()
     env = {
         **os.environ,
-        "KAFKA_DATA_DIR": str(tmp_path_factory.mktemp("kafka")),
-        "KAFKA_PORT": str(port),
-        "KAFKA_CONTROLLER_PORT": str(cport),
-        "KAFKA_NUM_PARTITIONS": "3",
+        "REGISTRY_DATA_DIR": str(tmp_path_factory.mktemp("registry")),
+        "REGISTRY_PORT": str(port),
+        "REGISTRY_MANAGEMENT_PORT": str(free_port()),
     }
-    subprocess.run([str(BROKER), "start"], env=env, check=True, timeout=300)
+    subprocess.run([str(REGISTRY), "start"], env=env, check=True, timeout=300)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}/apis/ccompat/v7"
     finally:
-        subprocess.run([str(BROKER), "stop"], env=env, check=False, timeout=120)
+        subprocess.run([str(REGISTRY), "stop"], env=env, check=False, timeout=60)
 
 
 @pytest.fixture

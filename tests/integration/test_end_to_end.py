@@ -1,17 +1,15 @@
 """From a produced Avro record to a received MIME message and an outcome record, for real:
-a Kafka broker, an SMTP server over TCP, and /metrics scraped over HTTP."""
+a Kafka broker, an SMTP server over TCP, and /metrics scraped over HTTP. The Confluent wire
+format, through a real Schema Registry, is in test_schema_registry.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import urllib.request
 from typing import Any
 
-from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema
-
 from service.app import Loaded
-from service.events.schemas import encode_single_object, write_body
+from service.events.schemas import encode_single_object
 from service.outcomes.records import decode_outcome
 from service.testing import SmtpServer
 from tests.conftest import example_record
@@ -234,36 +232,3 @@ async def test_a_restart_resumes_from_committed_offsets_without_resending(
         await wait_for(lambda: len(smtp.received) == 2, what="the second mail")
         await read_topic(settings, "notification.outcomes", 2)
     assert 2 == len({r.message["Message-ID"] for r in smtp.received})
-
-
-async def test_confluent_wire_format_topic(
-    make_settings: Any, smtp: SmtpServer, loaded: Loaded, tmp_path: Any
-) -> None:
-    """A topic declared `encoding: confluent` is decoded through the Schema Registry API.
-
-    The registry is confluent-kafka's in-process mock (`mock://`): no Confluent-compatible
-    registry server can be installed on this machine (docs/testing.md). Kafka and SMTP are real.
-    """
-    table = loaded.table.path.read_text().replace(
-        "schema: herald.events.UserSignedUp\n    encoding: single-object",
-        "schema: herald.events.UserSignedUp\n    encoding: confluent",
-    )
-    routing = tmp_path / "routing.yaml"
-    routing.write_text(table)
-    settings = make_settings(routing_file=routing, registry={"url": "mock://it-registry"})
-    create_topics(settings)
-    registry = AsyncSchemaRegistryClient.new_client({"url": "mock://it-registry"})
-    schema = loaded.store.reader("herald.events.UserSignedUp")
-    assert schema is not None
-    schema_id = await registry.register_schema(
-        f"{settings.kafka.topic_prefix}user.signed_up-value",
-        Schema(json.dumps(schema.parsed), "AVRO"),
-    )
-    record = example_record(loaded, "user.signed_up")
-    value = b"\x00" + schema_id.to_bytes(4, "big") + write_body(schema, record)
-    produce(settings, [("user.signed_up", b"k", value)])
-    async with running(settings, registry=registry):
-        await wait_for(lambda: len(smtp.received) == 1, what="the mail")
-        (outcome,) = _outcomes(loaded, await read_topic(settings, "notification.outcomes", 1))
-    assert "SENT" == outcome["status"]
-    assert record["event_id"] == outcome["event_id"]

@@ -193,8 +193,8 @@ async def test_arbitrary_bytes_only_ever_raise_decode_error(value: bytes) -> Non
 async def test_confluent_wire_format_through_a_registry(evolved_store: SchemaStore) -> None:
     """Magic byte + schema id: the writer schema comes from the registry, cached, then resolved.
 
-    The registry is confluent-kafka's in-process mock (`mock://`): no Confluent-compatible
-    registry can be installed on this machine (see docs/testing.md).
+    The registry is confluent-kafka's in-process mock (`mock://`), as befits a unit test; the
+    same path against a real registry is in tests/integration/test_schema_registry.py.
     """
     registry = AsyncSchemaRegistryClient.new_client({"url": "mock://events-test"})
     schema_id = await registry.register_schema(
@@ -211,6 +211,7 @@ async def test_confluent_wire_format_through_a_registry(evolved_store: SchemaSto
 
 
 async def test_confluent_unknown_id_and_bad_magic(store: SchemaStore) -> None:
+    """An id the registry lacks and a wrong magic byte are decode errors (`mock://` registry)."""
     registry = AsyncSchemaRegistryClient.new_client({"url": "mock://events-test-empty"})
     decoder = _decoder(store, "confluent", registry)
     with pytest.raises(DecodeError, match="not in the registry"):
