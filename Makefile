@@ -22,16 +22,25 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install Herald with its dev tools
 
-# From Debian's packages: redis-server (the tests start a throw-away one for the shared
-# idempotency store) and chromium (the preview gallery is rendered in it headless).
-SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium
+# From Debian's packages, as command:package pairs: redis-server (the tests start a throw-away
+# one for the shared idempotency store), chromium (the preview gallery is rendered in it
+# headless), and prometheus, whose promtool checks and unit-tests the alert rules and whose
+# server scrapes Herald in the integration suite. Packages in NO_RECOMMENDS go without their
+# recommends: prometheus's are a node exporter service, smartmontools and IPMI tools.
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium promtool:prometheus prometheus:prometheus
+NO_RECOMMENDS := prometheus
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-system-deps: ## install redis-server and chromium from Debian's packages if missing (needs root)
-	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
-	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "Installing from Debian's packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+system-deps: ## install redis-server, chromium and prometheus from Debian's packages if missing (needs root)
+	@full=""; lean=""; for pair in $(SYSTEM_PACKAGES); do \
+	  pkg="$${pair##*:}"; command -v "$${pair%%:*}" >/dev/null && continue; \
+	  [[ " $$full $$lean " == *" $$pkg "* ]] && continue; \
+	  if [[ " $(NO_RECOMMENDS) " == *" $$pkg "* ]]; then lean="$$lean $$pkg"; else full="$$full $$pkg"; fi; \
+	done; \
+	if [ -n "$$full$$lean" ]; then \
+	  echo "Installing from Debian's packages:$$full$$lean"; \
+	  $(SUDO) apt-get update -qq \
+	  && { [ -z "$$full" ] || $(SUDO) apt-get install -y -qq $$full >/dev/null; } \
+	  && { [ -z "$$lean" ] || $(SUDO) apt-get install -y -qq --no-install-recommends $$lean >/dev/null; }; fi
 
 # With KAFKA_BOOTSTRAP_SERVERS the tests use that cluster, so no broker needs fetching.
 BROKER_FOR_TESTS := $(if $(KAFKA_BOOTSTRAP_SERVERS),,kafka-fetch)
