@@ -93,12 +93,12 @@ chaos: install system-deps $(BROKER_FOR_TESTS) ## the full fault-injection scena
 	CHAOS_FULL=1 $(BIN)/pytest tests/chaos -v
 
 lint: install ## ruff
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests deploy
+	$(BIN)/ruff format --check service tests deploy
 
 format: install ## ruff format and autofix
-	$(BIN)/ruff format service tests
-	$(BIN)/ruff check --fix service tests
+	$(BIN)/ruff format service tests deploy
+	$(BIN)/ruff check --fix service tests deploy
 
 typecheck: install ## mypy --strict
 	$(BIN)/mypy
