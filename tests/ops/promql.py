@@ -21,6 +21,8 @@ _MATCHERS = re.compile(r"\{[^}]*\}")
 _RANGES = re.compile(r"\[[^\]]*\]")
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENTIFIER = re.compile(r"(?<![\w:.$])[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL_VALUES = re.compile(r"\s*label_values\((.+),\s*\w+\)\s*$")
+"""Grafana's `label_values(<series selector>, <label>)`, not PromQL."""
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "group_left", "group_right", "atan2"}
 _SUFFIXES = {
     "counter": ("_total", "_created"),
@@ -67,12 +69,17 @@ def recording_rules(path: Path = RULES) -> list[dict[str, Any]]:
     return [r for g in rule_groups(path) for r in g["rules"] if "record" in r]
 
 
-def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(panel title, PromQL) for every target of every panel, rows' own panels included."""
+def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, PromQL) for every target of every panel, rows' own panels included, and
+    ("variable <name>", selector) for each `label_values(<selector>, label)` variable."""
     out: list[tuple[str, str]] = []
     for panel in dashboard["panels"]:
         for inner in [panel, *panel.get("panels", [])]:
             out.extend((inner["title"], t["expr"]) for t in inner.get("targets", []))
+    for variable in dashboard.get("templating", {}).get("list", []):
+        found = _LABEL_VALUES.match(str(variable.get("query", "")))
+        if variable.get("type") == "query" and found:
+            out.append((f"variable {variable['name']}", found.group(1)))
     return out
 
 
@@ -80,7 +87,7 @@ def unknown_metrics(dashboard: dict[str, Any], exposition: str) -> dict[str, set
     """Panel title -> the metric names its queries use that the exposition does not declare."""
     known = exported_series(exposition)
     missing: dict[str, set[str]] = {}
-    for title, expr in panel_queries(dashboard):
+    for title, expr in dashboard_queries(dashboard):
         if unknown := metric_names(expr) - known:
             missing.setdefault(title, set()).update(unknown)
     return missing
