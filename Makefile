@@ -38,17 +38,26 @@ lock: install ## re-resolve requirements*.lock from pyproject.toml (LOCK_ARGS=--
 	$(UV_COMPILE) -o $(LOCK)
 	$(UV_COMPILE) --extra dev -c $(LOCK) -o $(DEV_LOCK)
 
-# From Debian's packages: redis-server (the tests start a throw-away one for the shared
-# idempotency store), chromium (the preview gallery is rendered in it headless) and openssl
-# (the test broker's SASL_SSL listener gets a certificate from a throw-away CA).
-SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium openssl:openssl
+# From Debian's packages, as command:package pairs: redis-server (the tests start a throw-away
+# one for the shared idempotency store), chromium (the preview gallery is rendered in it
+# headless), openssl (the test broker's SASL_SSL listener gets a certificate from a throw-away
+# CA), and prometheus, whose promtool checks and unit-tests the alert rules and whose server
+# scrapes Herald in the integration suite. Packages in NO_RECOMMENDS go without their
+# recommends: prometheus's are a node exporter service, smartmontools and IPMI tools.
+SYSTEM_PACKAGES := redis-server:redis-server chromium:chromium openssl:openssl promtool:prometheus prometheus:prometheus
+NO_RECOMMENDS := prometheus
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
-system-deps: ## install redis-server, chromium and openssl from Debian's packages if missing (needs root)
-	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
-	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "Installing from Debian's packages:$$missing"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+system-deps: ## install redis-server, chromium, openssl and prometheus from Debian's packages if missing (needs root)
+	@full=""; lean=""; for pair in $(SYSTEM_PACKAGES); do \
+	  pkg="$${pair##*:}"; command -v "$${pair%%:*}" >/dev/null && continue; \
+	  [[ " $$full $$lean " == *" $$pkg "* ]] && continue; \
+	  if [[ " $(NO_RECOMMENDS) " == *" $$pkg "* ]]; then lean="$$lean $$pkg"; else full="$$full $$pkg"; fi; \
+	done; \
+	if [ -n "$$full$$lean" ]; then \
+	  echo "Installing from Debian's packages:$$full$$lean"; \
+	  $(SUDO) apt-get update -qq \
+	  && { [ -z "$$full" ] || $(SUDO) apt-get install -y -qq $$full >/dev/null; } \
+	  && { [ -z "$$lean" ] || $(SUDO) apt-get install -y -qq --no-install-recommends $$lean >/dev/null; }; fi
 
 # With KAFKA_BOOTSTRAP_SERVERS the tests use that cluster, so no broker needs fetching; with
 # SCHEMA_REGISTRY_URL, that registry.
@@ -115,13 +124,13 @@ chaos: install system-deps $(BROKER_FOR_TESTS) ## the full fault-injection scena
 	CHAOS_FULL=1 $(BIN)/pytest tests/chaos -v
 
 lint: install ## ruff, and the import contract between the stages (lint-imports)
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check service tests bench deploy
+	$(BIN)/ruff format --check service tests bench deploy
 	$(BIN)/lint-imports
 
 format: install ## ruff format and autofix
-	$(BIN)/ruff format service tests
-	$(BIN)/ruff check --fix service tests
+	$(BIN)/ruff format service tests deploy
+	$(BIN)/ruff check --fix service tests deploy
 
 typecheck: install ## mypy --strict
 	$(BIN)/mypy

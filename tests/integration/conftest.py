@@ -184,35 +184,43 @@ def smtp() -> Iterator[SmtpServer]:
         yield server
 
 
+def integration_settings(
+    prefix: str, kafka_bootstrap: str, smtp_port: int, state_dir: Path, **overrides: Any
+) -> Settings:
+    """Settings for a Herald under test: topics and consumer group named by `prefix`, a
+    transactional id of its own, the test SMTP server, its store under `state_dir`."""
+    groups: dict[str, dict[str, Any]] = {
+        "kafka": {
+            "bootstrap_servers": kafka_bootstrap,
+            "group_id": f"{prefix}herald",
+            "topic_prefix": prefix,
+            "transactional_id": f"{prefix}herald-{uuid.uuid4().hex[:6]}",
+            "statistics_interval_ms": 500,
+        },
+        "smtp": {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "tls": "none",
+            "timeout_s": 10,
+            "retry_backoff_ms": 10,
+        },
+        "http": {"host": "127.0.0.1", "port": 0},
+        "processing": {"commit_interval_ms": 100, "shutdown_timeout_s": 10},
+        "idempotency": {"path": state_dir / "idempotency.sqlite3"},
+        "retry": {"delays_s": [1, 2]},
+    }
+    for name, values in groups.items():
+        values.update(overrides.pop(name, {}))
+    return project_settings(**groups, **overrides)
+
+
 @pytest.fixture
 def make_settings(kafka_bootstrap: str, smtp: SmtpServer, tmp_path: Path) -> Any:
     """Settings for one test: its own topics (by prefix) and consumer group, the test SMTP."""
     prefix = f"it-{uuid.uuid4().hex[:8]}."
 
     def build(**overrides: Any) -> Settings:
-        groups: dict[str, dict[str, Any]] = {
-            "kafka": {
-                "bootstrap_servers": kafka_bootstrap,
-                "group_id": f"{prefix}herald",
-                "topic_prefix": prefix,
-                "transactional_id": f"{prefix}herald-{uuid.uuid4().hex[:6]}",
-                "statistics_interval_ms": 500,
-            },
-            "smtp": {
-                "host": "127.0.0.1",
-                "port": smtp.port,
-                "tls": "none",
-                "timeout_s": 10,
-                "retry_backoff_ms": 10,
-            },
-            "http": {"host": "127.0.0.1", "port": 0},
-            "processing": {"commit_interval_ms": 100, "shutdown_timeout_s": 10},
-            "idempotency": {"path": tmp_path / "idempotency.sqlite3"},
-            "retry": {"delays_s": [1, 2]},
-        }
-        for name, values in groups.items():
-            values.update(overrides.pop(name, {}))
-        return project_settings(**groups, **overrides)
+        return integration_settings(prefix, kafka_bootstrap, smtp.port, tmp_path, **overrides)
 
     return build
 
@@ -341,6 +349,7 @@ __all__ = [
     "committed",
     "create_topics",
     "end_offsets",
+    "integration_settings",
     "produce",
     "read_topic",
     "running",

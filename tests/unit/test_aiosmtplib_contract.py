@@ -1,6 +1,6 @@
-"""The aiosmtplib internals service/delivery/smtp.py relies on, pinned against a real aiosmtpd server over
-TCP, in plain text and after STARTTLS: an aiosmtplib upgrade that changes one fails here first,
-with a message naming it.
+"""The aiosmtplib internals service/delivery/smtp.py relies on, pinned against a real aiosmtpd
+server over TCP, in plain text and after STARTTLS: an aiosmtplib upgrade that changes one fails
+here first, with a message naming it.
 
 Beyond the documented API, `Connection` uses `SMTP.transport`, which it hands to its own reply
 reader with `transport.set_protocol()` when the server offers PIPELINING; `SMTP.protocol`, whose

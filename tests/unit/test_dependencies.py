@@ -9,6 +9,7 @@ import re
 import sys
 import tomllib
 
+from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -16,7 +17,8 @@ from packaging.version import Version
 from service.app import registry_client
 from tests.conftest import ROOT, project_settings
 
-_PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)", re.MULTILINE)
+_PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)(?: ; ([^\\\n]+?))?\s*\\?$", re.MULTILINE)
+"""`name==version`, and the environment marker of a universal lock's line, if any."""
 
 
 def _declared(extra: str | None = None) -> list[Requirement]:
@@ -27,7 +29,11 @@ def _declared(extra: str | None = None) -> list[Requirement]:
 
 def _pins(lock: str) -> dict[str, Version]:
     text = (ROOT / lock).read_text()
-    return {canonicalize_name(n): Version(v) for n, v in _PIN.findall(text)}
+    return {
+        canonicalize_name(n): Version(v)
+        for n, v, marker in _PIN.findall(text)
+        if not marker or Marker(marker).evaluate()  # the pin for this interpreter
+    }
 
 
 TEST_ONLY = {ROOT / "service" / "testing.py"}
