@@ -101,6 +101,7 @@ $(HELM):
 # The chart's PrometheusRule carries the same rules Prometheus loads in the Compose stack;
 # tests/ops checks that the copy is current (Helm reads only files inside the chart).
 chart-rules: ## copy deploy/prometheus/herald-rules.yaml into the Helm chart's files/
+	mkdir -p deploy/helm/herald/files
 	cp deploy/prometheus/herald-rules.yaml deploy/helm/herald/files/herald-rules.yaml
 
 # buildah needs no daemon; mmdebstrap builds the stand-in base (IMAGE_STANDIN=1).
