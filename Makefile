@@ -15,7 +15,7 @@ export HELM := $(TOOLS)/helm-$(HELM_VERSION)
 
 .PHONY: help install system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset run demo test \
         test-unit test-integration bench chaos check preview lint format typecheck check-config clean \
-        helm chart-rules image
+        helm chart-rules image image-smoke
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ image: ## build the container image with buildah into var/image/herald.tar (IMAG
 	  echo "Installing from Debian's packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
 	deploy/image/build.sh
+
+image-smoke: install kafka-fetch ## run the built image against the local broker and an SMTP capture: health, demo, SIGTERM
+	deploy/image/smoke.sh
 
 lint: install ## ruff
 	$(BIN)/ruff check service tests
