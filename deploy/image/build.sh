@@ -49,8 +49,15 @@ if [ -n "${PIP_CERT:-}" ]; then
   build_args+=(--volume "$PIP_CERT:$PIP_CERT:ro" --build-arg "PIP_CERT=$PIP_CERT")
 fi
 
+previous=$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$TAG" 2>/dev/null || true)
+
 # --format docker keeps HEALTHCHECK, which the OCI image config has no field for.
 "${buildah[@]}" bud --quiet --isolation chroot --format docker "${build_args[@]}" -t "$TAG" .
+
+# The image the tag named before, now untagged, would only take space.
+if [ -n "$previous" ] && [ "$previous" != "$("${buildah[@]}" inspect --type image --format '{{.FromImageID}}' "$TAG")" ]; then
+  "${buildah[@]}" rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 # The built image, run: as its own user, with the settings and files the Dockerfile bakes in.
 ctr=$("${buildah[@]}" from --quiet "$TAG")
