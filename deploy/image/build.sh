@@ -72,7 +72,6 @@ case $health in *healthz*) ;; *) echo "image: no HEALTHCHECK on /healthz: $healt
 mkdir -p "$OUT"
 rm -f "$OUT/herald.tar"
 "${buildah[@]}" push --quiet "$TAG" "oci-archive:$OUT/herald.tar:${TAG##*/}"
-size=$("${buildah[@]}" inspect --format '{{.Docker.Size}}' --type image "$TAG" 2>/dev/null || true)
 echo "image: $TAG built and checked (uid $uid, herald check OK, HEALTHCHECK $health)"
 echo "image: saved to $OUT/herald.tar ($(du -h "$OUT/herald.tar" | cut -f1)); load it with" \
   "\`podman load -i $OUT/herald.tar\` or \`skopeo copy oci-archive:$OUT/herald.tar docker-daemon:$TAG\`"
