@@ -214,6 +214,30 @@ def test_pod_environment_is_a_configuration_herald_accepts(
     assert f"{prefix}t-herald-1" == env["HERALD_KAFKA__TRANSACTIONAL_ID"]
 
 
+def test_numbers_from_a_values_file_are_written_as_herald_reads_them(
+    chart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Helm reads a values file's numbers as floats; whole ones still reach the environment as
+    integers (2097152, not 2.097152e+06), which Herald's integer settings accept."""
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        "shutdownTimeoutSeconds: 3000000\n"
+        "config:\n"
+        "  HERALD_IDEMPOTENCY__BACKEND: sqlite\n"
+        "  HERALD_PROCESSING__MAX_RECORD_BYTES: 2097152\n"
+        "  HERALD_SMTP__TIMEOUT_S: 12.5\n"
+        "  HERALD_SMTP__VALIDATE_CERTS: true\n"
+    )
+    env = pod_environment(render(chart, "-f", str(values)), "t-herald-0")
+    assert ("3000000", "2097152", "12.5", "true") == (
+        env["HERALD_PROCESSING__SHUTDOWN_TIMEOUT_S"],
+        env["HERALD_PROCESSING__MAX_RECORD_BYTES"],
+        env["HERALD_SMTP__TIMEOUT_S"],
+        env["HERALD_SMTP__VALIDATE_CERTS"],
+    )
+    assert None is settings_problem(env, monkeypatch)
+
+
 def test_routing_from_values_loads_with_the_image_files(
     everything: list[dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -37,6 +37,16 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
+{{/* A value as an environment variable's text. Helm reads numbers of a values file as
+floats, which print as 2.097152e+06: whole ones are printed as integers. */}}
+{{- define "herald.envValue" -}}
+{{- if and (kindIs "float64" .) (eq . (floor .)) -}}
+{{- int64 . -}}
+{{- else -}}
+{{- . -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "herald.secretsDir" -}}/run/secrets/herald{{- end -}}
 
 {{/*
