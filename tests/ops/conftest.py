@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import ConfigError
-from service.settings import ENV_PREFIX, SECRETS_DIR_VARIABLE, load_settings
+# ConfigError through service.settings, which raises it: tests/ops reach into Herald through
+# service.settings and service.app only, whatever the package's layout.
+from service.settings import ENV_PREFIX, SECRETS_DIR_VARIABLE, ConfigError, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBERNETES_VERSION = "1.33.0"
