@@ -89,7 +89,7 @@ bench: install kafka-fetch ## load benchmark: ratios to the naive baseline and t
 chaos: install system-deps $(BROKER_FOR_TESTS) ## the full fault-injection scenarios (thousands of records each)
 	CHAOS_FULL=1 $(BIN)/pytest tests/chaos -v
 
-# Helm from its Go module (the Go module proxy is reachable where release downloads are not);
+# Helm built from its Go module with `go install`, so no release archive needs downloading;
 # ~1.5 min from an empty Go cache, then skipped. -mod=mod: Helm's go.mod needs no vendoring.
 helm: $(HELM) ## build Helm (version: HELM_VERSION) into ~/.cache/herald/bin, once (needs Go)
 $(HELM):
