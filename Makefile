@@ -11,10 +11,16 @@ DEV_LOCK := requirements-dev.lock
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(DEV_LOCK) | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
 REGISTRY := deploy/registry/registry.sh
+# Tools built or fetched once, outside the repository (as deploy/kafka/broker.sh does the jars).
+TOOLS  := $(or $(HERALD_CACHE_DIR),$(HOME)/.cache/herald)/bin
+HELM_VERSION := v3.18.4
+# The tests in tests/ops run this binary.
+export HELM := $(TOOLS)/helm-$(HELM_VERSION)
 
 .PHONY: help install lock system-deps kafka-fetch kafka-start kafka-stop kafka-status kafka-reset \
         registry-fetch registry-start registry-stop registry-status run demo test \
-        test-unit test-integration bench chaos check preview lint format typecheck check-config clean
+        test-unit test-integration bench chaos check preview lint format typecheck check-config clean \
+        helm chart-rules image image-smoke
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -107,11 +113,11 @@ check: install ## check-config, plus every template against its event schema (no
 preview: install ## render every notification x locale into var/preview/index.html
 	$(BIN)/herald preview
 
-test: install system-deps $(BROKER_FOR_TESTS) $(REGISTRY_FOR_TESTS) ## the whole suite: unit, integration and quick fault injection
+test: install system-deps helm $(BROKER_FOR_TESTS) $(REGISTRY_FOR_TESTS) ## the whole suite: unit, operations, integration and quick fault injection
 	$(BIN)/herald check
 	$(BIN)/pytest
 
-test-unit: install system-deps ## only the tests that need no broker
+test-unit: install system-deps helm ## only the tests that need no broker
 	$(BIN)/pytest -m 'not integration'
 
 test-integration: install system-deps $(BROKER_FOR_TESTS) $(REGISTRY_FOR_TESTS) ## only the tests on the real broker
@@ -122,6 +128,34 @@ bench: install kafka-fetch ## load benchmark: ratios to the naive baseline and t
 
 chaos: install system-deps $(BROKER_FOR_TESTS) ## the full fault-injection scenarios (thousands of records each)
 	CHAOS_FULL=1 $(BIN)/pytest tests/chaos -v
+
+# Helm built from its Go module with `go install`, so no release archive needs downloading;
+# ~1.5 min from an empty Go cache, then skipped. -mod=mod: Helm's go.mod needs no vendoring.
+helm: $(HELM) ## build Helm (version: HELM_VERSION) into ~/.cache/herald/bin, once (needs Go)
+$(HELM):
+	@command -v go >/dev/null || { echo "make helm: Go is needed to build Helm"; exit 1; }
+	mkdir -p $(TOOLS)/helm-build
+	GOBIN=$(TOOLS)/helm-build GOFLAGS=-mod=mod go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+	mv $(TOOLS)/helm-build/helm $@ && rmdir $(TOOLS)/helm-build
+
+# The chart's PrometheusRule carries the same rules Prometheus loads in the Compose stack;
+# tests/ops checks that the copy is current (Helm reads only files inside the chart).
+chart-rules: ## copy deploy/prometheus/herald-rules.yaml into the Helm chart's files/
+	mkdir -p deploy/helm/herald/files
+	cp deploy/prometheus/herald-rules.yaml deploy/helm/herald/files/herald-rules.yaml
+
+# buildah needs no daemon; mmdebstrap builds the stand-in base (IMAGE_STANDIN=1).
+IMAGE_PACKAGES := buildah:buildah $(if $(IMAGE_STANDIN),mmdebstrap:mmdebstrap)
+image: ## build the container image with buildah into var/image/herald.tar (IMAGE_STANDIN=1: on a stand-in base)
+	@missing=""; for pair in $(IMAGE_PACKAGES); do \
+	  command -v "$${pair%%:*}" >/dev/null || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing from Debian's packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $$missing >/dev/null; fi
+	deploy/image/build.sh
+
+image-smoke: install kafka-fetch ## run the built image against the local broker and an SMTP capture: health, demo, SIGTERM
+	deploy/image/smoke.sh
 
 lint: install ## ruff, and the import contract between the stages (lint-imports)
 	$(BIN)/ruff check service tests bench deploy

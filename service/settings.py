@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,11 +16,21 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+from pydantic_settings.sources import NestedSecretsSettingsSource
 
 from service.errors import ConfigError
 
 ENV_PREFIX = "HERALD_"
+SECRETS_DIR_VARIABLE = "HERALD_SECRETS_DIR"
+"""Directory of secret files, one per setting, each named like its variable
+(`HERALD_SMTP__PASSWORD`): how Kubernetes and Compose hand secrets over, without putting them
+in the environment."""
 
 
 class _Group(BaseModel):
@@ -231,13 +242,26 @@ class Settings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     log: LogSettings = LogSettings()
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then files of the secrets directory, which (unlike
+        the default source) reach into the groups: `HERALD_SMTP__PASSWORD` sets smtp.password."""
+        return init_settings, env_settings, NestedSecretsSettingsSource(file_secret_settings)
+
 
 _TOOLING_VARIABLES = {"HERALD_CACHE_DIR"}
 """HERALD_* variables read by the project's scripts, not by the service (deploy/kafka/broker.sh)."""
 
 
-def _unknown_variables() -> list[str]:
-    """HERALD_* variables that name no setting: a typo would otherwise be silently ignored."""
+def _setting_variables() -> set[str]:
+    """The variable of every setting, upper-case: `HERALD_SMTP`, `HERALD_SMTP__HOST`, …"""
     known = set()
     for name, field in Settings.model_fields.items():
         var = ENV_PREFIX + name.upper()
@@ -245,14 +269,30 @@ def _unknown_variables() -> list[str]:
         group = field.annotation
         if isinstance(group, type) and issubclass(group, BaseModel):
             known.update(f"{var}__{sub.upper()}" for sub in group.model_fields)
-    known.update(_TOOLING_VARIABLES)
+    return known
+
+
+def _unknown_variables() -> list[str]:
+    """HERALD_* variables that name no setting: a typo would otherwise be silently ignored."""
+    known = _setting_variables() | _TOOLING_VARIABLES | {SECRETS_DIR_VARIABLE}
     return sorted(
         v for v in os.environ if v.upper().startswith(ENV_PREFIX) and v.upper() not in known
     )
 
 
+def _secret_files(directory: Path) -> dict[str, Path]:
+    """The secrets directory's files by upper-case name; hidden entries (Kubernetes' `..data`)
+    are the volume's bookkeeping, not settings."""
+    return {
+        p.name.upper(): p
+        for p in sorted(directory.iterdir())
+        if not p.name.startswith(".") and p.is_file()
+    }
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Build settings from the environment, turning validation errors into a ConfigError."""
+    """Build settings from the environment and the secrets directory, turning every problem
+    into a ConfigError that names the variable or the file."""
     if unknown := _unknown_variables():
         raise ConfigError(
             "environment",
@@ -260,18 +300,65 @@ def load_settings(**overrides: object) -> Settings:
             "no such setting",
             "correct the name (README 'Configuration' lists every setting) or unset it",
         )
+    files: dict[str, Path] = {}
+    secrets_dir = os.environ.get(SECRETS_DIR_VARIABLE)
+    if secrets_dir:
+        directory = Path(secrets_dir)
+        if not directory.is_dir():
+            raise ConfigError(
+                "environment",
+                SECRETS_DIR_VARIABLE,
+                f"{secrets_dir} is not a directory",
+                "mount the secrets there or unset the variable",
+            )
+        files = _secret_files(directory)
+        if strays := sorted(set(files) - _setting_variables()):
+            raise ConfigError(
+                str(files[strays[0]]),
+                strays[0],
+                "no such setting",
+                "name each file after the variable it sets (README 'Configuration')",
+            )
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(_secrets_dir=secrets_dir or None, **overrides)  # type: ignore[arg-type]
+    except SettingsError as exc:  # a JSON value that does not parse, a directory too large
+        field = re.search(r'field "(\w+)"', str(exc))
+        var = ENV_PREFIX + field.group(1).upper() if field else SECRETS_DIR_VARIABLE
+        source = next((p for n, p in files.items() if n.startswith(var)), None)
+        from_file = "Secrets" in str(exc) or not field
+        raise ConfigError(
+            str(source or secrets_dir) if from_file else "environment",
+            var,
+            "not valid JSON" if field else str(exc),
+            "give dictionaries and lists as JSON; see README 'Configuration'",
+        ) from exc
     except ValidationError as exc:
         err = exc.errors()[0]
         path = [str(p) for p in err["loc"]]
         var = ENV_PREFIX + "__".join(p.upper() for p in path)
-        secret = any(s in var for s in ("PASSWORD", "SECRET", "AUTH"))
+        # The environment wins over a file, so a file is to blame only when no variable is set.
+        source = _file_of(var, files) if var not in _environment() else None
+        secret = source or any(s in var for s in ("PASSWORD", "SECRET", "AUTH"))
         shown = "" if secret or not path else f" (got {err.get('input')!r})"
+        fix = (
+            f"write a valid value into {source} or remove the file to use the default"
+            if source
+            else f"set {var} to a valid value or unset it to use the default"
+        )
         raise ConfigError(
-            "environment",
+            str(source) if source else "environment",
             var,
             f"{err['msg']}{shown}",
-            f"set {var} to a valid value or unset it to use the default; see README "
-            "'Configuration'",
+            f"{fix}; see README 'Configuration'",
         ) from exc
+
+
+def _environment() -> set[str]:
+    """The names of the environment's variables, upper-case."""
+    return {v.upper() for v in os.environ}
+
+
+def _file_of(var: str, files: dict[str, Path]) -> Path | None:
+    """The secret file that set `var`, or the whole group it belongs to (`HERALD_SMTP`)."""
+    group = var.split("__")[0]
+    return files.get(var) or files.get(group)

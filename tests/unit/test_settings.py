@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.errors import ConfigError
@@ -56,8 +58,6 @@ def test_from_address_must_be_a_plain_address(monkeypatch: pytest.MonkeyPatch, v
 def test_every_setting_is_in_the_readme_with_its_default() -> None:
     """The README's configuration tables cannot drift from `Settings`: each variable has a
     row, and the row shows the field's default (secrets and collections excepted)."""
-    from pathlib import Path
-
     from pydantic import BaseModel
 
     from service.settings import ENV_PREFIX, Settings
@@ -82,3 +82,60 @@ def test_every_setting_is_in_the_readme_with_its_default() -> None:
                 assert f"| {shown} |" in rows[var], (
                     f"README row of {var} does not show its default {default!r}"
                 )
+
+
+def test_secret_read_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A file of HERALD_SECRETS_DIR named like a variable sets that setting, inside its group,
+    beside variables of the same group; a variable wins over a file."""
+    (tmp_path / "HERALD_SMTP__PASSWORD").write_text("hunter2\n")
+    (tmp_path / "herald_links__unsubscribe_secret").write_text("k3y")
+    (tmp_path / "HERALD_KAFKA__SECRET_CONFIG").write_text('{"sasl.password": "s3cret"}')
+    (tmp_path / "HERALD_SMTP__USERNAME").write_text("from-file")
+    (tmp_path / "..data").mkdir()  # a Kubernetes secret volume's bookkeeping
+    monkeypatch.setenv("HERALD_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("HERALD_SMTP__HOST", "smtp.example.net")
+    monkeypatch.setenv("HERALD_SMTP__USERNAME", "from-env")
+    s = load_settings()
+    assert s.smtp.password is not None
+    assert "hunter2" == s.smtp.password.get_secret_value()
+    assert ("smtp.example.net", "from-env") == (s.smtp.host, s.smtp.username)
+    assert s.links.unsubscribe_secret is not None
+    assert "k3y" == s.links.unsubscribe_secret.get_secret_value()
+    assert "s3cret" == s.kafka.librdkafka()["sasl.password"]
+
+
+def test_bad_secret_file_is_named_and_its_value_hidden(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A secret file with an invalid value is named in the error, and its content is not."""
+    secret = tmp_path / "HERALD_IDEMPOTENCY__RETENTION_H"
+    secret.write_text("a week")
+    monkeypatch.setenv("HERALD_SECRETS_DIR", str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert (str(secret), "HERALD_IDEMPOTENCY__RETENTION_H") == (info.value.file, info.value.key)
+    assert "a week" not in str(info.value)
+    secret.unlink()
+    (tmp_path / "HERALD_KAFKA__SECRET_CONFIG").write_text("{sasl.password: s3cret")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(tmp_path / "HERALD_KAFKA__SECRET_CONFIG") == info.value.file
+    assert "s3cret" not in str(info.value)
+
+
+def test_secret_file_naming_no_setting_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A misnamed secret file stops start-up, as a misnamed variable does."""
+    (tmp_path / "HERALD_SMTP__PASSWD").write_text("hunter2")
+    monkeypatch.setenv("HERALD_SECRETS_DIR", str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert (str(tmp_path / "HERALD_SMTP__PASSWD"), "HERALD_SMTP__PASSWD") == (
+        info.value.file,
+        info.value.key,
+    )
+    monkeypatch.setenv("HERALD_SECRETS_DIR", str(tmp_path / "absent"))
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_SECRETS_DIR" == info.value.key
