@@ -16,6 +16,7 @@ from service.delivery.pool import Mailer
 from service.delivery.slots import Slots
 from service.endpoint import HttpEndpoint
 from service.errors import ConfigError
+from service.events.budget import Limits
 from service.events.decoder import EventDecoder
 from service.events.model import TopicBinding, check_envelope
 from service.events.schemas import SchemaStore
@@ -250,6 +251,11 @@ class Herald:
             self.loaded.store,
             self._registry,
             max_record_bytes=s.processing.max_record_bytes,
+            limits=Limits(
+                max_string_chars=s.processing.max_string_chars,
+                max_array_items=s.processing.max_array_items,
+            ),
+            default_locale=s.mail.default_locale,
         )
         return Handler(
             decoder=decoder,
@@ -266,6 +272,7 @@ class Herald:
             express=express,
             # Two per connection: one on the wire, one rendered and ready to go.
             turns=Slots(2 * s.smtp.pool_size, 2 * reserved),
+            max_internal_attempts=s.processing.max_internal_attempts,
         )
 
     def _warm(self) -> None:

@@ -1,10 +1,11 @@
 """Herald's exception tree; the attributes an error is made with drive the decision table.
 
-HeraldError                          retryable · server_wide · outcome_known · dead_letter · reason
+HeraldError              retryable · server_wide · outcome_known · dead_letter · foreseen · reason
 ├── ConfigError                      start-up stops; the message names file, key and fix
 ├── RecordError                      dead_letter: the record's own data; redrive it after a fix
 │   ├── DecodeError                  the bytes are not a known Avro event
 │   │   └── RecordTooLarge           over processing.max_record_bytes: refused unread
+│   ├── RecordOverBudget             a string or array over its limit: refused before any work
 │   ├── RoutingError                 no route, or a condition or recipient path fails
 │   ├── RouteRemoved                 a retry ticket names a route the table no longer has
 │   ├── MalformedTicket              a retry record whose herald.* headers do not read
@@ -18,8 +19,12 @@ HeraldError                          retryable · server_wide · outcome_known �
 │   │   ├── StaleConnection          a pooled connection failed its first command: reconnect
 │   │   └── SmtpUnavailable          server_wide: the breaker is open, the relay left alone
 │   ├── PermanentDeliveryError       5xx: never retried
-│   │   └── InvalidRecipientError    an address no server could take
+│   │   ├── InvalidRecipientError    an address no server could take
+│   │   ├── MessageTooLarge          over mail.max_message_bytes, or the relay's SIZE (RFC 1870)
+│   │   └── SmtpUtf8Unsupported      a UTF-8 address, and the relay offers no SMTPUTF8
 │   └── DeliveryUnknownError         not outcome_known: lost after DATA (RFC 1047), never resent
+├── InternalError                    a bug or an unforeseen failure: tried again a few times,
+│                                    then the record is dead-lettered (`internal_error`)
 ├── TransactionFailed                retryable: outcomes and offsets aborted together
 ├── ProducerFenced                   fatal: another instance owns this transactional id
 ├── ConsumerFailed                   fatal: the consumer cannot go on
@@ -43,6 +48,8 @@ class HeraldError(Exception):
     """False when the step may have taken effect although it failed (RFC 1047)."""
     dead_letter: bool = False
     """The record's own data is at fault: its bytes go to the dead-letter topic."""
+    foreseen: bool = True
+    """False for InternalError: nothing in the record or a dependency explains it."""
     reason: str = "error"
     """Machine-readable cause, as written to outcomes and dead-letter headers."""
 
@@ -72,6 +79,12 @@ class DecodeError(RecordError):
 
 class RecordTooLarge(DecodeError):
     reason = "record_too_large"
+
+
+class RecordOverBudget(RecordError):
+    """A field of the record is larger than the work Herald agrees to do for one record."""
+
+    reason = "too_large"
 
 
 class RoutingError(RecordError):
@@ -170,6 +183,25 @@ class InvalidRecipientError(PermanentDeliveryError):
     """The address cannot be written to a header or an RCPT TO; no server can accept it."""
 
     reason = "invalid_address"
+
+
+class InternalError(HeraldError):
+    """Anything but a HeraldError while handling a record; the original is its `__cause__`."""
+
+    foreseen = False
+    reason = "internal_error"
+
+
+class MessageTooLarge(PermanentDeliveryError):
+    """The composed message is larger than Herald or the relay takes."""
+
+    reason = "too_large"
+
+
+class SmtpUtf8Unsupported(PermanentDeliveryError):
+    """The address needs SMTPUTF8 (RFC 6531) and the relay does not offer it."""
+
+    reason = "smtputf8_unsupported"
 
 
 class TransactionFailed(HeraldError):

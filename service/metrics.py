@@ -44,6 +44,13 @@ class Metrics:
         self.dead_letters = Counter(
             "herald_dead_letters", "Records sent to the dead-letter topic.", ["reason"], registry=r
         )
+        self.internal_errors = Counter(
+            "herald_internal_errors",
+            "Unforeseen exceptions while handling a record, by stage: a bug, or a dependency "
+            "failing in a way Herald does not know. Tried again a few times, then dead-lettered.",
+            ["stage"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "herald_smtp_breaker_open", "1 while the SMTP circuit breaker is open.", registry=r
         )

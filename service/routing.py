@@ -19,6 +19,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from service.errors import ConfigError, RoutingError
+from service.events.budget import audience
 from service.events.model import Event, Recipient
 
 
@@ -296,10 +297,13 @@ def _resolve_recipient(event: Event, path: str) -> Recipient:
         node = node[part]
     if not isinstance(node, Mapping) or not node.get("email"):
         raise RoutingError(f"recipient path {path!r} does not lead to a recipient with an email")
+    r = event.recipient
+    locale, zone, notes = audience(node.get("locale"), node.get("time_zone"), r.locale, r.time_zone)
     return Recipient(
         user_id=str(node.get("user_id") or ""),
         email=node["email"],
         display_name=node.get("display_name"),
-        locale=node.get("locale") or event.recipient.locale,
-        time_zone=node.get("time_zone") or event.recipient.time_zone,
+        locale=locale,
+        time_zone=zone,
+        notes=notes,
     )

@@ -143,6 +143,9 @@ class MailSettings(_Group):
     """How the recipient appears on the results topic: `j***@example.com` or a SHA-256 digest."""
     default_locale: str = "en"
     """End of every locale fallback chain; templates must exist for it."""
+    max_message_bytes: int = Field(default=10_485_760, ge=65_536)
+    """A composed message larger than this fails (`too_large`) instead of being sent; a relay
+    that advertises a smaller SIZE (RFC 1870) is held to that."""
 
     _check_addresses = field_validator("from_address", "reply_to")(_addr_spec)
 
@@ -192,6 +195,15 @@ class ProcessingSettings(_Group):
     render_workers: int = Field(default=0, ge=0, le=64)
     """Processes that render and compose mail beside the event loop, on other cores. 0: on
     the loop. One per spare core pays off when a single instance has cores to itself."""
+    max_internal_attempts: int = Field(default=3, ge=1, le=10)
+    """Tries of a step that fails with an unforeseen exception before its record (or
+    notification) is dead-lettered as `internal_error`."""
+    max_string_chars: int = Field(default=65_536, ge=256)
+    """Longest string a record may hold (any field); a longer one refuses the record
+    (`too_large`) before any template or header work."""
+    max_array_items: int = Field(default=1_000, ge=1)
+    """Most items an array or map of a record may hold: templates loop over them, and a mail
+    with more lines than that is no mail anyone reads."""
     max_record_bytes: int = Field(default=1_048_576, ge=1024)
     """Larger records are dead-lettered unread (`record_too_large`): an event that big is a
     producer's bug, and rendering it would hold up every other record for seconds."""

@@ -185,10 +185,24 @@ class RecordingHandler:
 class SmtpServer:
     """Context manager running the recording server on a free port."""
 
-    def __init__(self, port: int | None = None, *, pipelining: bool = False) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        *,
+        pipelining: bool = False,
+        smtputf8: bool = False,
+        size: int | None = None,
+    ) -> None:
+        """`smtputf8`: offer SMTPUTF8 (RFC 6531); `size`: advertise SIZE (RFC 1870)."""
         self.handler = RecordingHandler(pipelining=pipelining)
         self.port = port or free_port()
-        self._controller = Controller(self.handler, hostname="127.0.0.1", port=self.port)
+        self._controller = Controller(
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            enable_SMTPUTF8=smtputf8,
+            data_size_limit=size,
+        )
 
     @property
     def received(self) -> list[Received]:

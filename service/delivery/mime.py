@@ -9,16 +9,22 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from service.errors import HeaderInjectionError, InvalidRecipientError
+from service.delivery.addresses import (
+    DISPLAY_NAME_MAX_CHARS,
+    SUBJECT_MAX_CHARS,
+    checked_address,
+    cosmetic,
+)
+from service.errors import HeaderInjectionError, MessageTooLarge
 from service.settings import MailSettings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LINE_MAX = 998
+"""Octets in a header line, CRLF aside (RFC 5322 2.1.1)."""
 _PIECE = re.compile(r" *[^ ]+| +")
 """A word with the spaces before it: a header folds before one (RFC 5322 2.2.3)."""
 _ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 """RFC 5322 atext: a display-name word that needs no quotes."""
-_ADDR = re.compile(r"^[^@\s\"(),:;<>\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
-"""Deliberately plain addr-spec: dot-atom local part and a hostname; quoted forms are refused."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,23 +61,21 @@ class Email:
         workers hand an Email back as its four fields (service/flow/messages.py)."""
         return not self.data.isascii()
 
+    @property
+    def smtputf8(self) -> bool:
+        """The address is UTF-8, so MAIL must say SMTPUTF8 (RFC 6531)."""
+        return not self.envelope_to.isascii()
+
 
 def message_id(key: str, domain: str) -> str:
     """Deterministic, so a resend of the same notification carries the same Message-ID."""
     return f"<{key}@{domain}>"
 
 
-def _checked_name(value: str | None, what: str) -> str:
-    if value is None:
-        return ""
+def _checked(value: str, what: str) -> str:
+    """Header text from configuration or a signed URL: a control character is a bug upstream."""
     if _CONTROL.search(value):
         raise HeaderInjectionError(f"{what} holds a control character (CR/LF?)")
-    return value
-
-
-def _checked_address(value: str) -> str:
-    if _CONTROL.search(value) or not _ADDR.match(value):
-        raise InvalidRecipientError("recipient address is not a valid addr-spec")
     return value
 
 
@@ -225,41 +229,41 @@ def seven_bit(message: Email) -> Email:
 
 
 def compose(letter: Letter, mail: MailSettings, now: datetime) -> Email:
-    """Build the multipart/alternative message; refuses any header value with CR/LF.
+    """Build the multipart/alternative message; cosmetic text is cleaned, the address strict.
 
     Written out directly rather than through `email.message.EmailMessage`, which took most of
     the CPU of a mail; tests parse the result back with the standard library.
     """
-    to_addr = _checked_address(letter.to_address)
+    to_addr = checked_address(letter.to_address)
     domain = mail.message_id_domain or mail.from_address.rsplit("@", 1)[-1]
     mid = message_id(letter.key, domain)
     # "=_" cannot occur in base64; `_part` encodes a text holding the delimiter.
     boundary = f"=_herald_{letter.key}"
     headers = [
         f"From: {_address('From', mail.from_name, mail.from_address)}",
-        f"To: {_address('To', _checked_name(letter.to_name, 'display name'), to_addr)}",
+        f"To: {_address('To', cosmetic(letter.to_name, DISPLAY_NAME_MAX_CHARS), to_addr)}",
     ]
     if mail.reply_to:
         headers.append(f"Reply-To: {mail.reply_to}")
     headers += [
-        f"Subject: {_header_text('Subject', _checked_name(letter.subject, 'subject'))}",
+        f"Subject: {_header_text('Subject', cosmetic(letter.subject, SUBJECT_MAX_CHARS))}",
         f"Date: {email.utils.format_datetime(now)}",
         f"Message-ID: {mid}",
         "MIME-Version: 1.0",
         # RFC 3834: tells auto-responders (vacation replies) not to answer.
         "Auto-Submitted: auto-generated",
-        f"Content-Language: {_checked_name(letter.language, 'locale')}",
+        f"Content-Language: {_checked(letter.language, 'locale')}",
     ]
     if letter.unsubscribe_url is not None:
         # RFC 8058 one-click: mailbox providers POST to the URL; only optional mail has it.
-        url = _checked_name(letter.unsubscribe_url, "unsubscribe URL")
+        url = _checked(letter.unsubscribe_url, "unsubscribe URL")
+        if len(url) > _LINE_MAX - len("List-Unsubscribe: <>"):
+            raise MessageTooLarge("the unsubscribe URL does not fit a header line (998 octets)")
         headers.append(f"List-Unsubscribe: <{url}>")
         headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
-    try:
-        head = "\r\n".join(headers).encode("ascii")
-    except UnicodeEncodeError as exc:  # an address that is not ASCII: would need SMTPUTF8
-        raise InvalidRecipientError("address is not ASCII (SMTPUTF8 is not supported)") from exc
+    # ASCII but for a UTF-8 address, which RFC 6532 lets a header carry as is (SMTPUTF8).
+    head = "\r\n".join(headers).encode()
     delimiter = f"--{boundary}".encode()
     text_encoding, text = _part(letter.text, delimiter)
     html_encoding, html = _part(letter.html, delimiter)
@@ -281,4 +285,9 @@ def compose(letter: Letter, mail: MailSettings, now: datetime) -> Email:
             b"--\r\n",
         )
     )
+    if len(data) > mail.max_message_bytes:
+        raise MessageTooLarge(
+            f"the message has {len(data):,} bytes, over mail.max_message_bytes "
+            f"({mail.max_message_bytes:,})"
+        )
     return Email(message_id=mid, envelope_from=mail.from_address, envelope_to=to_addr, data=data)

@@ -23,7 +23,9 @@ from service.delivery.mime import Email, seven_bit
 from service.errors import (
     DeliveryError,
     DeliveryUnknownError,
+    MessageTooLarge,
     PermanentDeliveryError,
+    SmtpUtf8Unsupported,
     StaleConnection,
     TransientDeliveryError,
 )
@@ -129,6 +131,10 @@ class Connection:
         self._timeout_s = timeout_s
         self._replies: _Replies | None = None
         self._eight_bit_mime = client.supports_extension("8bitmime")
+        self._smtputf8 = client.supports_extension("smtputf8")
+        size = client.esmtp_extensions.get("size", "")
+        self._size_limit = int(size) if size.isdigit() else 0
+        """The largest message the server takes (RFC 1870 SIZE); 0 when it says nothing."""
         transport = client.transport
         if client.supports_extension("pipelining") and transport is not None:
             self._replies = _Replies(transport)
@@ -156,8 +162,20 @@ class Connection:
         self.close()
 
     def prepared(self, message: Email) -> Email:
-        """The message as this server takes it: 8bit parts re-encoded without 8BITMIME."""
-        return message if self._eight_bit_mime else seven_bit(message)
+        """The message as this server takes it: 8bit parts re-encoded without 8BITMIME; a
+        permanent failure if it needs SMTPUTF8 the server lacks, or is over its SIZE."""
+        if message.smtputf8 and not self._smtputf8:
+            raise SmtpUtf8Unsupported(
+                "the address is UTF-8 and the relay does not offer SMTPUTF8 (RFC 6531)"
+            )
+        if not self._eight_bit_mime:
+            message = seven_bit(message)
+        if self._size_limit and len(message.data) > self._size_limit:
+            raise MessageTooLarge(
+                f"the message has {len(message.data):,} bytes, over the relay's SIZE "
+                f"({self._size_limit:,}, RFC 1870)"
+            )
+        return message
 
     async def envelope(self, message: Email) -> None:
         """MAIL, RCPT and DATA, up to the server's 354: nothing of the body has left yet."""
@@ -173,10 +191,13 @@ class Connection:
 
     async def _envelope(self, message: Email) -> None:
         client = self._client
+        encoding = "utf-8" if message.smtputf8 else "ascii"
         with _first_command():
-            await client.mail(message.envelope_from, options=_mail_options(message))
+            await client.mail(
+                message.envelope_from, options=_mail_options(message), encoding=encoding
+            )
         with map_smtp_errors("envelope"):
-            await client.rcpt(message.envelope_to)
+            await client.rcpt(message.envelope_to, encoding=encoding)
             # A refusal of DATA itself, or a connection lost before the 354, comes before
             # any of the message left: an envelope failure, not the RFC 1047 window.
             start = await client.execute_command(b"DATA")
@@ -230,15 +251,17 @@ class Connection:
 
 
 def _mail_options(message: Email) -> list[str]:
-    """MAIL parameters: RFC 6152 2 has 8bit mail say so; 7-bit mail needs nothing."""
-    return ["BODY=8BITMIME"] if message.eight_bit else []
+    """MAIL parameters: 8bit mail says so (RFC 6152 2), a UTF-8 address too (RFC 6531 3.4)."""
+    options = ["BODY=8BITMIME"] if message.eight_bit else []
+    return [*options, "SMTPUTF8"] if message.smtputf8 else options
 
 
 def _path(address: str) -> bytes:
-    """`<address>` for MAIL FROM / RCPT TO; `compose` has refused anything that would not fit."""
-    if not address.isascii() or not address.isprintable() or any(c in address for c in " <>"):
+    """`<address>` for MAIL FROM / RCPT TO; `compose` has refused anything that would not fit,
+    and `prepared` a UTF-8 address the server cannot take."""
+    if not address.isprintable() or any(c in address for c in " <>"):
         raise aiosmtplib.SMTPRecipientRefused(553, "5.1.3 address not usable", address)
-    return b"<" + address.encode("ascii") + b">"
+    return b"<" + address.encode() + b">"
 
 
 class _Replies(asyncio.Protocol):

@@ -19,7 +19,8 @@ from typing import Any
 import fastavro
 
 from service.errors import DecodeError, RecordTooLarge, SchemaRegistryUnavailable
-from service.events import framing
+from service.events import budget, framing
+from service.events.budget import Limits
 from service.events.model import Event, Recipient, TopicBinding
 from service.events.schemas import SchemaStore, read_body
 
@@ -34,9 +35,14 @@ class EventDecoder:
         registry: Any | None = None,
         *,
         max_record_bytes: int | None = None,
+        limits: Limits | None = None,
+        default_locale: str = "en",
     ) -> None:
-        """`registry` is a confluent-kafka `AsyncSchemaRegistryClient`, needed for `confluent`."""
+        """`registry` is a confluent-kafka `AsyncSchemaRegistryClient`, needed for `confluent`;
+        `limits` bound what a record may hold; `default_locale` stands in for an unusable one."""
         self._max_bytes = max_record_bytes
+        self._limits = limits
+        self._default_locale = default_locale
         self._bindings = dict(bindings)
         self._store = store
         self._registry = registry
@@ -74,7 +80,9 @@ class EventDecoder:
             raise DecodeError(
                 f"corrupt Avro body for {binding.reader.name}: {type(exc).__name__}: {exc}"
             ) from exc
-        return _to_event(record, binding)
+        if self._limits is not None:
+            budget.check(record, self._limits)
+        return _to_event(record, binding, self._default_locale)
 
     def _stored_writer(self, fingerprint: bytes) -> Any:
         schema = self._store.by_fingerprint(fingerprint)
@@ -111,11 +119,14 @@ class EventDecoder:
         return parsed
 
 
-def _to_event(record: Mapping[str, Any], binding: TopicBinding) -> Event:
+def _to_event(record: Mapping[str, Any], binding: TopicBinding, default_locale: str) -> Event:
     r = record["recipient"]
     occurred = record["occurred_at"]
     if isinstance(occurred, int):  # a writer without the logical type
         occurred = datetime.fromtimestamp(occurred / 1000, UTC)
+    locale, zone, notes = budget.audience(
+        r.get("locale"), r.get("time_zone"), default_locale, "UTC"
+    )
     return Event(
         event_id=record["event_id"],
         event_type=binding.event_type,
@@ -124,8 +135,9 @@ def _to_event(record: Mapping[str, Any], binding: TopicBinding) -> Event:
             user_id=r["user_id"],
             email=r["email"],
             display_name=r.get("display_name"),
-            locale=r.get("locale") or "en",
-            time_zone=r.get("time_zone") or "UTC",
+            locale=locale,
+            time_zone=zone,
+            notes=notes,
         ),
         payload=record["payload"],
         schema=binding.reader.name,

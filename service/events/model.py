@@ -24,6 +24,8 @@ class Recipient:
     """BCP 47 tag from the event; templates fall back from it."""
     time_zone: str
     """IANA zone for times shown in the mail."""
+    notes: tuple[str, ...] = ()
+    """Defaults put in place of an unusable locale or zone; the outcome says so."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

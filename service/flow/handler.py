@@ -19,7 +19,7 @@ import structlog
 
 from service.delivery.pool import Accepted, Mailer
 from service.delivery.slots import Slots
-from service.errors import DeliveryError, HeraldError, RouteRemoved
+from service.errors import DeliveryError, HeraldError, InternalError, RouteRemoved
 from service.events.decoder import EventDecoder
 from service.events.model import Event
 from service.flow.messages import Message, Messages
@@ -81,6 +81,7 @@ class Handler:
         metrics: Metrics,
         express: Priority | None = None,
         turns: Slots | None = None,
+        max_internal_attempts: int = 3,
     ) -> None:
         """`express`: mail of this priority or above is rendered and sent ahead of the rest.
 
@@ -102,6 +103,7 @@ class Handler:
         self._metrics = metrics
         self._express = express
         self._turns = turns or Slots(64)
+        self._max_internal = max_internal_attempts
 
     async def handle(self, raw: RawRecord) -> Handled:
         """Every outcome of one record (an event, or a retry round of one of its mails)."""
@@ -110,9 +112,13 @@ class Handler:
         with structlog.contextvars.bound_contextvars(
             topic=raw.topic, partition=raw.partition, offset=raw.offset
         ):
-            report, ticket, readable = self._open(raw)
-            if readable:
-                await self._handle(report, ticket)
+            try:
+                report, ticket, readable = self._open(raw)
+                if readable:
+                    await self._handle(report, ticket)
+            except Exception as exc:  # the boundary: one outcome for the record, never a crash
+                report, ticket = self._report(raw), None
+                self._settle_record(report, Stage.DECODE, self._internal(Stage.DECODE, exc), None)
             log.info(
                 "record processed",
                 outcomes=[
@@ -145,27 +151,62 @@ class Handler:
             return report, None, False
         return self._report(ticket.original), ticket, True
 
+    def _internal(self, stage: Stage, exc: Exception) -> InternalError:
+        """An unforeseen exception, logged with its traceback and counted, as a HeraldError."""
+        self._metrics.internal_errors.labels(stage.value).inc()
+        log.error("internal error", stage=stage.value, error=repr(exc), exc_info=exc)
+        error = InternalError(f"{type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return error
+
+    async def _guarded(self, stage: Stage, op: Callable[[], Awaitable[T]]) -> T:
+        """`op`, tried again while the table says so when it fails unforeseen; then the
+        InternalError it ended with."""
+        tries = 0
+        while True:
+            try:
+                return await op()
+            except HeraldError:
+                raise
+            except Exception as exc:
+                tries += 1
+                error = self._internal(stage, exc)
+                verdict = decide(
+                    stage, error, tries_left=tries < self._max_internal, rounds_left=False
+                )
+                if verdict.next is not Next.RETRY_NOW:
+                    raise error from exc
+                await asyncio.sleep(random.uniform(0, 0.05 * 2**tries))
+
     async def _handle(self, report: Report, ticket: RetryTicket | None) -> None:
         event = await self._decode(report)
         if event is None:
             return
         structlog.contextvars.bind_contextvars(event_id=event.event_id)
+        stage = Stage.TICKET if ticket else Stage.ROUTE
         try:
-            notifications = route(event, self._table)
-            if ticket is not None:
-                notifications = [n for n in notifications if n.type == ticket.notification]
-                if not notifications:  # the route was removed since: nothing left to retry
-                    raise RouteRemoved(f"no route {ticket.notification!r} any more")
+            notifications = await self._guarded(stage, lambda: self._route(event, ticket))
         except HeraldError as exc:
-            self._settle_record(report, Stage.TICKET if ticket else Stage.ROUTE, exc, event)
+            self._settle_record(report, stage, exc, event)
             return
         for n in notifications:
             await self._notify(report, n, ticket)
 
+    async def _route(self, event: Event, ticket: RetryTicket | None) -> list[Notification]:
+        notifications = route(event, self._table)
+        if ticket is not None:
+            notifications = [n for n in notifications if n.type == ticket.notification]
+            if not notifications:  # the route was removed since: nothing left to retry
+                raise RouteRemoved(f"no route {ticket.notification!r} any more")
+        return notifications
+
     async def _decode(self, report: Report) -> Event | None:
         raw = report.raw
         try:
-            event = await patiently(lambda: self._decoder.decode(raw.topic, raw.value), "decode")
+            event = await self._guarded(
+                Stage.DECODE,
+                lambda: patiently(lambda: self._decoder.decode(raw.topic, raw.value), "decode"),
+            )
         except HeraldError as exc:
             self._metrics.decode_failures.labels(raw.topic).inc()
             self._settle_record(report, Stage.DECODE, exc, None)
@@ -184,7 +225,13 @@ class Handler:
         report.record(event, verdict.status or Status.DEAD_LETTERED, reason, str(exc))
 
     async def _notify(self, report: Report, n: Notification, ticket: RetryTicket | None) -> None:
-        decision = await patiently(lambda: self._policy.decide(n), "policy")
+        try:
+            decision = await self._guarded(
+                Stage.POLICY, lambda: patiently(lambda: self._policy.decide(n), "policy")
+            )
+        except HeraldError as exc:
+            self._settle(report, n, Stage.POLICY, exc, Sending())
+            return
         if not decision.go:
             assert decision.status is not None
             earlier = Sending(message_id=decision.message_id, smtp_code=decision.smtp_code)
@@ -202,7 +249,7 @@ class Handler:
     async def _render(self, report: Report, n: Notification) -> Message | None:
         try:
             t0 = time.perf_counter()
-            message = await self._messages.build(n)
+            message = await self._guarded(Stage.RENDER, lambda: self._messages.build(n))
             self._metrics.render_seconds.observe(time.perf_counter() - t0)
         except HeraldError as exc:  # the event's data, or an address no server could take
             await self._release(n)
@@ -223,8 +270,13 @@ class Handler:
         rounds_done = ticket.round if ticket else 0
         while True:
             try:
-                accepted = await self._attempt(n, message, express)
+                accepted = await self._guarded(
+                    Stage.DELIVER, lambda: self._attempt(n, message, express)
+                )
                 break
+            except InternalError as exc:
+                self._settle(report, n, Stage.DELIVER, exc, _sending(message, tries, None))
+                return
             except DeliveryError as exc:
                 tries += not exc.server_wide  # the relay's failures do not use up this mail's
                 verdict = decide(
@@ -314,12 +366,12 @@ class Handler:
         await patiently(lambda: self._store.release(n.idempotency_key), "release")
 
 
-def _sending(message: Message, tries: int, exc: DeliveryError) -> Sending:
+def _sending(message: Message, tries: int, exc: DeliveryError | None) -> Sending:
     return Sending(
         locale=message.locale,
         message_id=message.email.message_id,
         attempt=tries,
-        smtp_code=exc.code,
-        smtp_enhanced_code=exc.enhanced_code,
-        smtp_text=exc.text,
+        smtp_code=exc.code if exc else None,
+        smtp_enhanced_code=exc.enhanced_code if exc else None,
+        smtp_text=exc.text if exc else None,
     )

@@ -34,6 +34,8 @@ RECORD_STAGES = frozenset({Stage.DECODE, Stage.ROUTE, Stage.TICKET})
 class Kind(StrEnum):
     """An error as the table sees it; `kind_of` derives it from the error's attributes."""
 
+    INTERNAL = "internal"
+    """not foreseen: a bug or an unforeseen failure; tried again a few times."""
     UNAVAILABLE = "unavailable"
     """server_wide: a dependency (registry, store, relay) is down as a whole."""
     AMBIGUOUS = "ambiguous"
@@ -102,6 +104,18 @@ _NOTIFICATION = frozenset({Stage.POLICY, Stage.RENDER, Stage.DELIVER})
 TABLE: tuple[Row, ...] = (
     Row(
         stages=_ALL,
+        kind=Kind.INTERNAL,
+        tries=Left.SOME,
+        verdict=Verdict(status=None, reason=None, next=Next.RETRY_NOW),
+    ),
+    Row(
+        stages=_ALL,
+        kind=Kind.INTERNAL,
+        tries=Left.NONE,
+        verdict=Verdict(status=Status.DEAD_LETTERED, reason=None, next=Next.DEAD_LETTER),
+    ),
+    Row(
+        stages=_ALL,
         kind=Kind.UNAVAILABLE,
         verdict=Verdict(status=None, reason=None, next=Next.WAIT),
     ),
@@ -147,6 +161,8 @@ FALLBACK = Verdict(status=Status.DEAD_LETTERED, reason=None, next=Next.DEAD_LETT
 
 def kind_of(error: HeraldError) -> Kind:
     """The error's kind, from its attributes alone, most telling first."""
+    if not error.foreseen:
+        return Kind.INTERNAL
     if error.server_wide:
         return Kind.UNAVAILABLE
     if not error.outcome_known:

@@ -77,7 +77,7 @@ class Report:
                 smtp_text=_masked(sending.smtp_text),
                 message_id=sending.message_id,
                 reason=reason,
-                detail=_masked(detail),
+                detail=_masked(detail or "; ".join(n.recipient.notes) or None),
                 occurred_at=n.event.occurred_at,
                 processed_at=now(),
                 sent_at=sending.sent_at,

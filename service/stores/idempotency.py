@@ -237,6 +237,10 @@ class SqliteStore(IdempotencyStore):
             self._db.close()
 
 
+_UNAVAILABLE_REPLIES = frozenset({"MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN"})
+"""Redis error replies that mean the server cannot serve writes for now (RESP error prefixes)."""
+
+
 class RedisStore(IdempotencyStore):
     """Keys in Redis with the retention as TTL, shared by every instance of the group."""
 
@@ -264,6 +268,21 @@ class RedisStore(IdempotencyStore):
             return await coro
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        except redis.exceptions.ResponseError as exc:
+            # A replica that is read-only, a server out of memory or still loading: the store
+            # cannot take writes now, which is Redis's state, not the record's. redis-py maps
+            # some replies to classes and strips their prefix; others keep it.
+            unavailable = (
+                redis.exceptions.ReadOnlyError,
+                redis.exceptions.OutOfMemoryError,
+                redis.exceptions.BusyLoadingError,
+                redis.exceptions.MasterDownError,
+                redis.exceptions.TryAgainError,
+                redis.exceptions.ClusterDownError,
+            )
+            if isinstance(exc, unavailable) or str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES:
+                raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+            raise
 
     # One round trip, atomic: two instances claiming at once cannot overwrite "in DATA" or
     # "accepted" with "claimed". Returns the previous value (nil when new).

@@ -8,6 +8,7 @@ from service.errors import (
     DecodeError,
     DeliveryUnknownError,
     HeraldError,
+    InternalError,
     InvalidRecipientError,
     MalformedTicket,
     PermanentDeliveryError,
@@ -51,6 +52,7 @@ from service.outcomes.status import Status
         (RenderError("template"), Kind.RECORD),
         (PermanentDeliveryError("SMTP 550", code=550), Kind.PERMANENT),
         (InvalidRecipientError("not an address"), Kind.PERMANENT),
+        (InternalError("KeyError: 'x'"), Kind.INTERNAL),
     ],
 )
 def test_each_error_has_the_kind_its_attributes_give(error: HeraldError, kind: Kind) -> None:
@@ -62,33 +64,47 @@ def _row(stage: Stage, error: HeraldError, *, tries: bool, rounds: bool) -> Verd
 
 
 @pytest.mark.parametrize("stage", list(Stage))
+def test_row_internal_with_tries_left_is_tried_again(stage: Stage) -> None:
+    """Row 1: an unforeseen error, at any stage, is tried again while tries are left."""
+    verdict = _row(stage, InternalError("x"), tries=True, rounds=True)
+    assert Verdict(status=None, reason=None, next=Next.RETRY_NOW) == verdict
+
+
+@pytest.mark.parametrize("stage", list(Stage))
+def test_row_internal_without_tries_dead_letters(stage: Stage) -> None:
+    """Row 2: then the record (or notification) is dead-lettered, never a crash."""
+    verdict = _row(stage, InternalError("x"), tries=False, rounds=True)
+    assert Verdict(status=Status.DEAD_LETTERED, reason=None, next=Next.DEAD_LETTER) == verdict
+
+
+@pytest.mark.parametrize("stage", list(Stage))
 def test_row_unavailable_waits_at_every_stage(stage: Stage) -> None:
-    """Row 1: a dependency down as a whole is waited for, with no try used up."""
+    """Row 3: a dependency down as a whole is waited for, with no try used up."""
     verdict = _row(stage, StoreUnavailable("down"), tries=False, rounds=False)
     assert Verdict(status=None, reason=None, next=Next.WAIT) == verdict
 
 
 def test_row_ambiguous_delivery_is_unknown_and_never_retried() -> None:
-    """Row 2: lost after the body left (RFC 1047): UNKNOWN, whatever tries are left."""
+    """Row 4: lost after the body left (RFC 1047): UNKNOWN, whatever tries are left."""
     verdict = _row(Stage.DELIVER, DeliveryUnknownError("lost"), tries=True, rounds=True)
     assert Verdict(status=Status.UNKNOWN, reason=None, next=Next.TERMINAL) == verdict
 
 
 def test_row_transient_with_tries_left_is_retried_now() -> None:
-    """Row 3."""
+    """Row 5."""
     verdict = _row(Stage.DELIVER, TransientDeliveryError("451"), tries=True, rounds=False)
     assert Next.RETRY_NOW is verdict.next
     assert verdict.status is None
 
 
 def test_row_transient_without_tries_goes_to_a_retry_round() -> None:
-    """Row 4: no outcome yet; a ticket to the next retry topic."""
+    """Row 6: no outcome yet; a ticket to the next retry topic."""
     verdict = _row(Stage.DELIVER, TransientDeliveryError("451"), tries=False, rounds=True)
     assert Verdict(status=None, reason=None, next=Next.RETRY_LATER) == verdict
 
 
 def test_row_transient_with_nothing_left_fails_and_keeps_the_bytes() -> None:
-    """Row 5."""
+    """Row 7."""
     verdict = _row(Stage.DELIVER, TransientDeliveryError("451"), tries=False, rounds=False)
     assert Verdict(status=Status.FAILED, reason="retries_exhausted", next=Next.DEAD_LETTER) == (
         verdict
@@ -97,7 +113,7 @@ def test_row_transient_with_nothing_left_fails_and_keeps_the_bytes() -> None:
 
 @pytest.mark.parametrize("stage", [Stage.RENDER, Stage.DELIVER])
 def test_row_permanent_fails_the_notification(stage: Stage) -> None:
-    """Row 6: a 5xx, or an address no server takes; the record's bytes are not at fault."""
+    """Row 8: a 5xx, or an address no server takes; the record's bytes are not at fault."""
     for error in (PermanentDeliveryError("550"), InvalidRecipientError("bad")):
         verdict = _row(stage, error, tries=True, rounds=True)
         assert Verdict(status=Status.FAILED, reason=None, next=Next.TERMINAL) == verdict
@@ -105,7 +121,7 @@ def test_row_permanent_fails_the_notification(stage: Stage) -> None:
 
 @pytest.mark.parametrize("stage", [Stage.DECODE, Stage.ROUTE, Stage.TICKET, Stage.RENDER])
 def test_row_record_fault_dead_letters(stage: Stage) -> None:
-    """Row 7: the record's own data: DEAD_LETTERED, its bytes kept for a redrive."""
+    """Row 9: the record's own data: DEAD_LETTERED, its bytes kept for a redrive."""
     verdict = _row(stage, RenderError("x"), tries=True, rounds=True)
     assert Verdict(status=Status.DEAD_LETTERED, reason=None, next=Next.DEAD_LETTER) == verdict
 
@@ -118,6 +134,7 @@ def test_what_no_row_foresees_keeps_the_bytes() -> None:
 def test_every_row_is_reachable() -> None:
     """No row is shadowed by an earlier one: each wins for some input."""
     errors = {
+        Kind.INTERNAL: InternalError("x"),
         Kind.UNAVAILABLE: StoreUnavailable("x"),
         Kind.AMBIGUOUS: DeliveryUnknownError("x"),
         Kind.TRANSIENT: TransientDeliveryError("x"),

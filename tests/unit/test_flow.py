@@ -50,7 +50,7 @@ class Rig:
             breaker_cooldown_s=0.2,
             **smtp,
         )
-        metrics = Metrics()
+        metrics = self.metrics = Metrics()
         self.mailer = Mailer(settings, metrics)
         self.handler = Handler(
             decoder=EventDecoder(loaded.bindings, loaded.store),
@@ -237,3 +237,61 @@ async def test_a_retry_record_without_a_readable_ticket_is_dead_lettered(rig: Ri
     assert ("DEAD_LETTERED", "malformed_ticket") == (outcome["status"], outcome["reason"])
     assert ("herald.retry.60s", 3) == (outcome["source_topic"], outcome["source_offset"])
     assert "retry" == headers.decode(handled.records[0].headers)["stage"]
+
+
+class Flaky:
+    """Messages that raise an unforeseen error `failures` times, then build (a bug on cue)."""
+
+    def __init__(self, inner: Any, failures: int) -> None:
+        self.inner = inner
+        self.failures = failures
+
+    async def build(self, n: Any, at: Any = None) -> Any:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("boom with ada@example.com in it")
+        return await self.inner.build(n, at)
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_an_unforeseen_error_is_tried_again_then_the_mail_goes(
+    rig: Rig, smtp: SmtpServer
+) -> None:
+    """Two failures of three allowed tries: the mail still goes, and both are counted."""
+    rig.handler._messages = Flaky(rig.handler._messages, failures=2)
+    (outcome,) = rig.outcomes(await rig.handler.handle(rig.event("ada@example.com")))
+    assert "SENT" == outcome["status"]
+    assert 2.0 == rig.metrics.internal_errors.labels("render")._value.get()
+
+
+async def test_an_unforeseen_error_that_persists_is_dead_lettered_not_a_crash(
+    rig: Rig, smtp: SmtpServer
+) -> None:
+    """The record boundary: one outcome (`internal_error`), the bytes kept, nothing sent."""
+    rig.handler._messages = Flaky(rig.handler._messages, failures=100)
+    first = rig.event("ada@example.com")
+    handled = await rig.handler.handle(first)
+    (outcome,) = rig.outcomes(handled)
+    assert ("DEAD_LETTERED", "internal_error") == (outcome["status"], outcome["reason"])
+    assert "a***@example.com" in outcome["detail"]  # masked in the outcome
+    (dead,) = [r for r in handled.records if r.topic == "dead"]
+    assert first.value == dead.value
+    assert [] == smtp.received
+    assert 3.0 == rig.metrics.internal_errors.labels("render")._value.get()
+
+
+async def test_an_unforeseen_error_while_decoding_gives_the_record_one_outcome(rig: Rig) -> None:
+    class Broken(EventDecoder):
+        async def decode(self, topic: str, value: bytes | None) -> Any:
+            raise KeyError("not what a decoder raises")
+
+    rig.handler._decoder = Broken(rig.loaded.bindings, rig.loaded.store)
+    handled = await rig.handler.handle(rig.event("ada@example.com"))
+    (outcome,) = rig.outcomes(handled)
+    assert ("DEAD_LETTERED", "internal_error", None) == (
+        outcome["status"],
+        outcome["reason"],
+        outcome["notification_type"],
+    )

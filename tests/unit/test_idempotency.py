@@ -77,6 +77,24 @@ async def test_redis_out_of_reach_is_store_unavailable() -> None:
             await s.claim("k")
 
 
+async def test_redis_out_of_memory_is_store_unavailable_until_it_recovers(redis_url: str) -> None:
+    """An OOM reply (maxmemory reached, no eviction) is Redis's state, not the record's: the
+    caller waits, and the same call succeeds once Redis takes writes again."""
+    import redis.asyncio
+
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    async with RedisStore(redis_url, retention_h=1) as s:
+        try:
+            await admin.config_set("maxmemory-policy", "noeviction")
+            await admin.config_set("maxmemory", 1)
+            with pytest.raises(StoreUnavailable, match="OutOfMemoryError"):
+                await s.claim("oom-1")
+        finally:
+            await admin.config_set("maxmemory", 0)
+            await admin.aclose()
+        assert State.NEW == (await s.claim("oom-1")).state
+
+
 async def test_redis_calls_beyond_the_pool_wait_for_a_connection(redis_url: str) -> None:
     """More records in flight than connections: the extra calls queue, none is 'unavailable'."""
     async with RedisStore(redis_url, retention_h=1, connections=4) as s:

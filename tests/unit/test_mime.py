@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.app import Loaded
+from service.delivery.addresses import DISPLAY_NAME_MAX_CHARS, SUBJECT_MAX_CHARS, cosmetic
 from service.delivery.mime import Email, compose, seven_bit
-from service.errors import HeaderInjectionError, InvalidRecipientError
+from service.errors import InvalidRecipientError
 from service.flow.messages import letter_for
 from service.render.renderer import Rendered
 from service.routing import Category, Notification, Priority, route
@@ -82,10 +83,24 @@ def test_message_id_is_deterministic(loaded: Loaded) -> None:
     assert a.message_id == b.message_id
 
 
-@pytest.mark.parametrize("name", ["Eve\r\nBcc: x@example.com", "Eve\nX-Evil: 1", "Eve\x00"])
-def test_display_name_with_control_characters_is_refused(loaded: Loaded, name: str) -> None:
-    with pytest.raises(HeaderInjectionError):
-        _compose(_n(loaded, display_name=name), PARTS, MAIL, NOW)
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("Eve\r\nBcc: x@example.com", "Eve Bcc: x@example.com"),
+        ("Eve\nX-Evil: 1", "Eve X-Evil: 1"),
+        ("Eve\x00", "Eve"),
+        ("\u202eevE", "evE"),  # a right-to-left override would reorder what follows it
+    ],
+)
+def test_a_display_name_is_cosmetic_so_the_mail_goes_with_it_cleaned(
+    loaded: Loaded, name: str, shown: str
+) -> None:
+    """A control or bidirectional override in the name never stops a password reset: it is
+    removed (line breaks become a space), and no header is added."""
+    msg = _parse(_compose(_n(loaded, display_name=name), PARTS, MAIL, NOW).data)
+    assert shown == msg["To"].addresses[0].display_name
+    assert msg["Bcc"] is None
+    assert msg["X-Evil"] is None
 
 
 @pytest.mark.parametrize(
@@ -100,11 +115,7 @@ def test_invalid_recipient_address_is_a_permanent_failure(loaded: Loaded, addres
 def test_no_display_name_can_add_a_header(name: str) -> None:
     """Property: whatever the name, the message has exactly the headers Herald wrote."""
     n = _bare(name, "k" * 32)
-    try:
-        m = _compose(n, PARTS, MAIL, NOW)
-    except HeaderInjectionError:
-        assert any(ord(c) < 32 or ord(c) == 127 for c in name)
-        return
+    m = _compose(n, PARTS, MAIL, NOW)
     msg = _parse(m.data)
     expected = {
         "From",
@@ -207,8 +218,8 @@ def test_message_parses_back_to_what_was_rendered(
     subject = subject.strip() or "s"  # the renderer strips subjects
     m = _compose(n, Rendered(subject=subject, html=html, text=text, locale="fr"), MAIL, NOW)
     msg = _parse(m.data)
-    assert subject == msg["Subject"]
-    _assert_display_name_reads_back((name or "").strip(), m.data, msg)
+    assert cosmetic(subject, SUBJECT_MAX_CHARS) == msg["Subject"]
+    _assert_display_name_reads_back(cosmetic(name, DISPLAY_NAME_MAX_CHARS), m.data, msg)
     assert "ada@example.com" == msg["To"].addresses[0].addr_spec
     assert (_encoding_for(text), text) == _read_back(msg, "plain")
     assert (_encoding_for(html), html) == _read_back(msg, "html")
@@ -289,8 +300,8 @@ def test_long_non_ascii_subjects_and_names_are_encoded_and_fold(subject: str, na
     n = _bare(name, "0123456789abcdef" * 2)
     m = _compose(n, Rendered(subject=subject, html="h", text="t", locale="fr"), MAIL, NOW)
     msg = _parse(m.data)
-    assert subject == msg["Subject"]
-    _assert_display_name_reads_back(name.strip(), m.data, msg)
+    assert cosmetic(subject, SUBJECT_MAX_CHARS) == msg["Subject"]
+    _assert_display_name_reads_back(cosmetic(name, DISPLAY_NAME_MAX_CHARS), m.data, msg)
     _assert_header_lines_fit(m.data)
 
 
