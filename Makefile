@@ -10,6 +10,9 @@ DEV_LOCK := requirements-dev.lock
 # A change of pyproject.toml or of the lock makes a new stamp, so the next target reinstalls.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(DEV_LOCK) | cksum | cut -d' ' -f1)
 BROKER := deploy/kafka/broker.sh
+# Optional mail needs a key for its signed unsubscribe links; the local targets use this one
+# unless the environment gives another (production sets HERALD_LINKS__UNSUBSCRIBE_SECRET).
+LOCAL_KEY := HERALD_LINKS__UNSUBSCRIBE_SECRET=$${HERALD_LINKS__UNSUBSCRIBE_SECRET:-local-development-only}
 REGISTRY := deploy/registry/registry.sh
 # Tools built or fetched once, outside the repository (as deploy/kafka/broker.sh does the jars).
 TOOLS  := $(or $(HERALD_CACHE_DIR),$(HOME)/.cache/herald)/bin
@@ -102,19 +105,19 @@ run: install ## local broker + SMTP capture (var/outbox) + Herald in the foregro
 
 demo: install ## publish the example events to the running `make run` and print their outcomes
 	HERALD_KAFKA__BOOTSTRAP_SERVERS=$${HERALD_KAFKA__BOOTSTRAP_SERVERS:-127.0.0.1:$${KAFKA_PORT:-9092}} \
-	  $(BIN)/herald demo
+	  $(LOCAL_KEY) $(BIN)/herald demo
 
 check-config: install ## validate settings, schemas, routing table and templates
-	$(BIN)/herald check-config
+	$(LOCAL_KEY) $(BIN)/herald check-config
 
 check: install ## check-config, plus every template against its event schema (no Kafka)
-	$(BIN)/herald check
+	$(LOCAL_KEY) $(BIN)/herald check
 
 preview: install ## render every notification x locale into var/preview/index.html
-	$(BIN)/herald preview
+	$(LOCAL_KEY) $(BIN)/herald preview
 
 test: install system-deps helm $(BROKER_FOR_TESTS) $(REGISTRY_FOR_TESTS) ## the whole suite: unit, operations, integration and quick fault injection
-	$(BIN)/herald check
+	$(LOCAL_KEY) $(BIN)/herald check
 	$(BIN)/pytest
 
 test-unit: install system-deps helm ## only the tests that need no broker

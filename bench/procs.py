@@ -226,6 +226,7 @@ class Herald:
                 "HERALD_SMTP__POOL_SIZE": str(pool),
                 "HERALD_SMTP__LOCAL_HOSTNAME": "bench.local",
                 "HERALD_LOG__LEVEL": "WARNING",
+                "HERALD_LINKS__UNSUBSCRIBE_SECRET": "bench-only-unsubscribe-key",
                 "HERALD_IDEMPOTENCY__PATH": str(workdir / f"idempotency-{instance}.sqlite3"),
                 "HERALD_HTTP__HOST": "127.0.0.1",
             }

@@ -56,6 +56,16 @@ def load(settings: Settings) -> Loaded:
         settings.templates_dir, settings.brand, settings.mail.default_locale, settings.links
     )
     OutcomeCodec.outcome_schema(store)
+    bindings = _bindings(settings, store, table, renderer)
+    _check_registry(settings, bindings)
+    _check_unsubscribe(settings, table)
+    return Loaded(store=store, table=table, renderer=renderer, bindings=bindings)
+
+
+def _bindings(
+    settings: Settings, store: SchemaStore, table: RoutingTable, renderer: Renderer
+) -> dict[str, TopicBinding]:
+    """Each event type's topic, reader schema and encoding, its templates checked."""
     file = str(settings.routing_file)
     bindings: dict[str, TopicBinding] = {}
     for event_type, spec in table.events.items():
@@ -94,6 +104,10 @@ def load(settings: Settings) -> Loaded:
         bindings[topic] = TopicBinding(
             topic=topic, event_type=event_type, reader=reader, encoding=spec.encoding
         )
+    return bindings
+
+
+def _check_registry(settings: Settings, bindings: dict[str, TopicBinding]) -> None:
     needs_registry = settings.kafka.results_encoding == "confluent" or any(
         b.encoding == "confluent" for b in bindings.values()
     )
@@ -106,7 +120,31 @@ def load(settings: Settings) -> Loaded:
             "set HERALD_REGISTRY__URL, or use `encoding: single-object` in the routing table "
             "and HERALD_KAFKA__RESULTS_ENCODING=single-object",
         )
-    return Loaded(store=store, table=table, renderer=renderer, bindings=bindings)
+
+
+def _check_unsubscribe(settings: Settings, table: RoutingTable) -> None:
+    """Optional mail carries a one-click link that must not be forgeable: signed, by a key."""
+    optional = sorted(
+        r.spec.type for routes in table.routes.values() for r in routes if r.spec.category.optional
+    )
+    if not optional:
+        return
+    links = settings.links
+    if "{token}" not in links.unsubscribe_url:
+        raise ConfigError(
+            "environment",
+            "HERALD_LINKS__UNSUBSCRIBE_URL",
+            f"optional routes ({optional[0]}, …) need a signed link, and the URL has no {{token}}",
+            "add &token={token} to HERALD_LINKS__UNSUBSCRIBE_URL",
+        )
+    if links.unsubscribe_secret is None:
+        raise ConfigError(
+            "environment",
+            "HERALD_LINKS__UNSUBSCRIBE_SECRET",
+            f"optional routes ({optional[0]}, …) carry unsubscribe links and no key signs them",
+            "set HERALD_LINKS__UNSUBSCRIBE_SECRET to a random secret of 32 bytes or more "
+            "(e.g. `openssl rand -base64 32`)",
+        )
 
 
 def _event_schemas(store: SchemaStore) -> list[str]:

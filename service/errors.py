@@ -23,6 +23,8 @@ HeraldError              retryable · server_wide · outcome_known · dead_lette
 │   │   ├── MessageTooLarge          over mail.max_message_bytes, or the relay's SIZE (RFC 1870)
 │   │   └── SmtpUtf8Unsupported      a UTF-8 address, and the relay offers no SMTPUTF8
 │   └── DeliveryUnknownError         not outcome_known: lost after DATA (RFC 1047), never resent
+├── InvalidLink                      a link in a mail that is not an allowed https URL: FAILED
+├── InvalidToken                     an unsubscribe token that is forged, foreign or expired
 ├── InternalError                    a bug or an unforeseen failure: tried again a few times,
 │                                    then the record is dead-lettered (`internal_error`)
 ├── TransactionFailed                retryable: outcomes and offsets aborted together
@@ -183,6 +185,24 @@ class InvalidRecipientError(PermanentDeliveryError):
     """The address cannot be written to a header or an RCPT TO; no server can accept it."""
 
     reason = "invalid_address"
+
+
+class InvalidLink(HeraldError):
+    """A link the mail would carry is not an absolute https URL to an allowed host."""
+
+    reason = "invalid_link"
+
+
+class InvalidToken(HeraldError):
+    """An unsubscribe token that does not verify, or has expired; nothing is changed."""
+
+    reason = "invalid_token"
+
+    def __init__(self, message: str, *, expired: bool = False) -> None:
+        super().__init__(message)
+        self.expired = expired
+        if expired:
+            self.reason = "expired_token"
 
 
 class InternalError(HeraldError):

@@ -73,6 +73,8 @@ class RouteSpec(_Strict):
     """Jinja2 expression over `payload`, `recipient`, `event_type`; the route applies if true."""
     utm: dict[str, str] = Field(default_factory=dict)
     """UTM parameters for this notification's links, over `links.utm`."""
+    link_hosts: list[str] = Field(default_factory=list)
+    """Hosts this notification's links may point to, in place of `links.allowed_hosts`."""
 
     @field_validator("recipient")
     @classmethod
@@ -141,6 +143,8 @@ class Notification:
     """False when the route's `when` rejected the event: the notification ends suppressed."""
     utm: Mapping[str, str]
     """The route's UTM parameters (the renderer adds the global ones)."""
+    link_hosts: tuple[str, ...] = ()
+    """Hosts the route allows links to; empty for the global list."""
     event: Event
 
 
@@ -260,6 +264,7 @@ def route(event: Event, table: RoutingTable) -> list[Notification]:
                 idempotency_key=idempotency_key(event.event_id, spec.type, recipient.email),
                 condition_met=met,
                 utm=spec.utm,
+                link_hosts=tuple(spec.link_hosts),
                 event=event,
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from pathlib import Path
 from typing import Literal
 
@@ -161,15 +162,52 @@ class BrandSettings(_Group):
     website_url: str = "https://example.com"
 
 
+UNSUBSCRIBE_FIELDS = frozenset({"user_id", "notification", "category", "token"})
+
+
 class LinkSettings(_Group):
-    unsubscribe_url: str = "https://example.com/unsubscribe?user={user_id}&list={notification}"
+    unsubscribe_url: str = (
+        "https://example.com/unsubscribe?user={user_id}&list={notification}&token={token}"
+    )
     """One-click unsubscribe URL of optional mail (RFC 8058): {user_id}, {notification},
-    {category} and {token} (HMAC-SHA256 with `unsubscribe_secret`) are filled in, URL-quoted."""
+    {category} and {token} are filled in, URL-quoted. With any optional route it must hold
+    {token}, so a link cannot be forged."""
     unsubscribe_secret: SecretStr | None = None
-    """Key for {token}; required when the URL template uses it."""
+    """Key that signs new tokens (HMAC-SHA256); required with any optional route."""
+    unsubscribe_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    """Id of that key, written into each token, so keys can rotate."""
+    unsubscribe_previous_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """Earlier keys by id (JSON), which still verify the links they signed until these expire."""
+    unsubscribe_token_days: int = Field(default=400, ge=31, le=3650)
+    """How long a link works; CAN-SPAM wants an opt-out to work 30 days after sending."""
+    allow_http: bool = False
+    """Let links in mail be plain `http` too; by default every link must be `https`."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Hosts links may point to (a name covers its subdomains); empty allows any. A route's
+    `link_hosts` replaces it for that route."""
     utm: dict[str, str] = Field(default_factory=dict)
     """UTM parameters added to every link, e.g. {"utm_source": "herald", "utm_medium": "email"};
     a route's `utm` adds to or overrides them, and `utm_campaign` defaults to its type."""
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _unsubscribe_url(cls, value: str) -> str:
+        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        if unknown := fields - UNSUBSCRIBE_FIELDS:
+            raise ValueError(
+                f"unknown placeholder {{{sorted(unknown)[0]}}}: use {sorted(UNSUBSCRIBE_FIELDS)}"
+            )
+        if not value.startswith("https://"):
+            raise ValueError("must be an https URL (RFC 8058)")
+        return value
+
+    @field_validator("unsubscribe_previous_keys")
+    @classmethod
+    def _key_ids(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", k)]
+        if bad:
+            raise ValueError(f"key ids are 1-32 letters, digits, '-' or '_': {bad[0]!r}")
+        return value
 
 
 class HttpSettings(_Group):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,13 @@ from service.tools.examples import example_event, load_example
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "schemas" / "examples"
+UNSUBSCRIBE_SECRET = "test-only-unsubscribe-key"
+"""Signs the one-click links of optional mail in tests; Herald refuses to start without one."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every Herald the suite starts, in this process or a child, signs unsubscribe links."""
+    os.environ.setdefault("HERALD_LINKS__UNSUBSCRIBE_SECRET", UNSUBSCRIBE_SECRET)
 
 
 def project_settings(**overrides: Any) -> Settings:

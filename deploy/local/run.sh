@@ -13,6 +13,8 @@ export HERALD_SMTP__PORT=${HERALD_SMTP__PORT:-$OUTBOX_PORT}
 # The capture server speaks plain SMTP on loopback; a real relay keeps the verified-TLS default.
 export HERALD_SMTP__TLS=${HERALD_SMTP__TLS:-none}
 export HERALD_LOG__FORMAT=${HERALD_LOG__FORMAT:-console}
+# Optional mail carries signed one-click unsubscribe links; this key is for the local run only.
+export HERALD_LINKS__UNSUBSCRIBE_SECRET=${HERALD_LINKS__UNSUBSCRIBE_SECRET:-local-development-only}
 
 outbox_pid=""
 started_broker=""

@@ -29,14 +29,7 @@ from typing import Any, BinaryIO, Protocol
 import structlog
 
 from service.delivery.mime import Email, Letter, compose
-from service.errors import (
-    ConfigError,
-    DeliveryError,
-    HeaderInjectionError,
-    InvalidRecipientError,
-    RecordError,
-    RenderError,
-)
+from service.errors import ConfigError, HeraldError, RenderError
 from service.events.model import Event, Recipient
 from service.logs import configure
 from service.outcomes.records import now
@@ -47,10 +40,17 @@ from service.settings import BrandSettings, LinkSettings, MailSettings
 log = structlog.get_logger("herald.messages")
 
 _LEN = struct.Struct("!I")
-_ERRORS: dict[str, type[Exception]] = {
-    e.__name__: e for e in (RenderError, HeaderInjectionError, InvalidRecipientError)
+
+
+def _subclasses(cls: type[HeraldError]) -> list[type[HeraldError]]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_subclasses(sub))]
+
+
+_ERRORS: dict[str, type[HeraldError]] = {
+    c.__name__: c for c in _subclasses(HeraldError) if c is not ConfigError
 }
-"""Errors a worker reports back by name; anything else becomes a RenderError."""
+"""Errors a worker reports back by name, raised here as themselves; any other exception in a
+worker comes back as a RenderError."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +300,7 @@ class WorkerMessages:
                     message = build(
                         self._fallback.renderer, self._recipe.mail, request.n, request.at
                     )
-                except (RecordError, DeliveryError) as exc:
+                except HeraldError as exc:
                     request.future.set_exception(exc)
                 else:
                     request.future.set_result(message)
@@ -375,7 +375,7 @@ def _serve(fd: int, log_format: str) -> None:
                 "ok",
                 (e.message_id, e.envelope_from, e.envelope_to, e.data, m.locale),
             )
-        except (RecordError, DeliveryError) as exc:
+        except HeraldError as exc:
             reply = ("error", type(exc).__name__, str(exc))
         except Exception as exc:  # a filter choking on data: the record's problem, not ours
             reply = ("error", "RenderError", f"{type(exc).__name__}: {exc}")

@@ -9,7 +9,6 @@ HTML template's source when the Renderer is built, not into every mail (service/
 from __future__ import annotations
 
 import gc
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,9 +27,10 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment
 
-from service.errors import ConfigError, HeaderInjectionError, RenderError
+from service import tokens
+from service.errors import ConfigError, RenderError
 from service.render import formats
-from service.render.links import decorate, unsubscribe_url
+from service.render.links import LinkPolicy, check_links, decorate, unsubscribe_url
 from service.render.preinline import Preinliner
 from service.render.wrap import wordwrap
 from service.routing import Notification
@@ -39,8 +39,6 @@ from service.settings import BrandSettings, LinkSettings
 log = structlog.get_logger("herald.rendering")
 
 PARTS = ("subject.txt", "body.html", "body.txt")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-"""Control characters, tab excepted: none may reach a header (CR/LF would start a new one)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,16 +124,7 @@ class Renderer:
         self.default_locale = default_locale
         self._brand = brand.model_dump()
         self._links = links or LinkSettings()
-        secret = self._links.unsubscribe_secret
-        self._secret = secret.get_secret_value().encode() if secret else None
-        if "{token}" in self._links.unsubscribe_url and self._secret is None:
-            raise ConfigError(
-                "environment",
-                "HERALD_LINKS__UNSUBSCRIBE_SECRET",
-                "the unsubscribe URL template uses {token} but no secret signs it",
-                "set HERALD_LINKS__UNSUBSCRIBE_SECRET, or drop {token} from "
-                "HERALD_LINKS__UNSUBSCRIBE_URL",
-            )
+        self._keys = unsubscribe_keys(self._links)
         self._found = {
             loc: frozenset(d.name for d in (directory / loc).iterdir() if (d / PARTS[0]).is_file())
             for loc in self.locales
@@ -246,29 +235,36 @@ class Renderer:
         loc = self._template_locale(n.recipient.locale, n.template)
         if loc is None:
             raise RenderError(f"template {n.template!r} exists in no locale")
-        unsubscribe = (
-            unsubscribe_url(
-                self._links.unsubscribe_url, self._secret, n.recipient, n.type, n.category.value
+        unsubscribe = None
+        if n.category.optional:
+            # From the event's time, so every rendering of one notification has the same link.
+            occurred = int(n.event.occurred_at.timestamp())
+            expires_at = occurred + self._links.unsubscribe_token_days * 86_400
+            unsubscribe = unsubscribe_url(
+                self._links.unsubscribe_url,
+                self._keys,
+                n.recipient,
+                n.type,
+                n.category.value,
+                expires_at,
             )
-            if n.category.optional
-            else None
-        )
         ctx = template_context(n, self._brand)
         ctx["unsubscribe_url"] = unsubscribe
         r = n.recipient
         with formats.audience(r.locale, loc, r.time_zone):
             subject, html, text = self._parts(f"{loc}/{n.template}", ctx)
-        subject = subject.strip()
-        if _CONTROL.search(subject):
-            raise HeaderInjectionError(
-                f"subject of {loc}/{n.template} holds a control character (CR/LF?) from event data"
-            )
         utm = {**self._links.utm, **n.utm}
         if utm:
             utm.setdefault("utm_campaign", n.type)
         html, text = decorate(html, text.strip() + "\n", utm, {unsubscribe or ""})
+        hosts = n.link_hosts or self._links.allowed_hosts
+        check_links(html, LinkPolicy(allow_http=self._links.allow_http, hosts=hosts))
         return Rendered(
-            subject=subject, html=html, text=text, locale=loc, unsubscribe_url=unsubscribe
+            subject=subject.strip(),
+            html=html,
+            text=text,
+            locale=loc,
+            unsubscribe_url=unsubscribe,
         )
 
     def _parts(self, name: str, ctx: dict[str, Any]) -> tuple[str, str, str]:
@@ -285,6 +281,15 @@ class Renderer:
         except Exception as exc:  # TemplateError, or a filter choking on the event's data
             raise RenderError(f"{name}: {type(exc).__name__}: {exc}") from exc
         return subject, html, text
+
+
+def unsubscribe_keys(links: LinkSettings) -> tokens.Keys | None:
+    """The keys that sign and verify unsubscribe tokens; None without a signing key."""
+    if links.unsubscribe_secret is None:
+        return None
+    secrets = {k: v.get_secret_value().encode() for k, v in links.unsubscribe_previous_keys.items()}
+    secrets[links.unsubscribe_key_id] = links.unsubscribe_secret.get_secret_value().encode()
+    return tokens.Keys(current=links.unsubscribe_key_id, secrets=secrets)
 
 
 def template_context(n: Notification, brand: Mapping[str, Any]) -> dict[str, Any]:

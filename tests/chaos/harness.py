@@ -35,7 +35,7 @@ from tests.chaos.checker import OutcomeWatcher, Report, build_report
 from tests.chaos.process import HeraldProcess
 from tests.chaos.smtp import ChaosSmtp
 from tests.chaos.workload import Workload, produce
-from tests.conftest import ROOT
+from tests.conftest import ROOT, UNSUBSCRIBE_SECRET
 
 RESULTS = "notification.outcomes"
 DEAD_LETTER = "herald.dead-letter"
@@ -204,6 +204,7 @@ class Run:
                 "HERALD_SMTP__TLS": "none",
                 "HERALD_HTTP__HOST": "127.0.0.1",
                 "HERALD_LOG__FORMAT": "json",
+                "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
                 "HERALD_ROUTING_FILE": str(ROOT / "deploy" / "routing.yaml"),
                 "HERALD_SCHEMAS_DIR": str(ROOT / "schemas"),
                 "HERALD_TEMPLATES_DIR": str(self._templates),

@@ -117,7 +117,7 @@ async def test_a_utf8_address_without_smtputf8_is_a_named_permanent_failure() ->
 
 def test_a_message_over_the_configured_size_is_too_large() -> None:
     small = MailSettings(from_address="no-reply@shop.example", max_message_bytes=65_536)
-    with pytest.raises(MessageTooLarge, match="mail.max_message_bytes"):
+    with pytest.raises(MessageTooLarge, match=r"mail\.max_message_bytes"):
         compose(_letter("a@example.com", text="x" * 70_000), small, NOW)
 
 

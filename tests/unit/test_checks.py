@@ -9,7 +9,7 @@ from pathlib import Path
 
 from service.app import Loaded, load
 from service.tools.checks import check, css_fallbacks
-from tests.conftest import ROOT, project_settings
+from tests.conftest import ROOT, UNSUBSCRIBE_SECRET, project_settings
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -23,7 +23,11 @@ def _herald_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", **env},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+            **env,
+        },
         timeout=60,
         check=False,
     )

@@ -6,14 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, UNSUBSCRIBE_SECRET
 
 
 def _check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service", "check-config"],
         cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", **env},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=60,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.app import Loaded
-from service.errors import ConfigError, HeaderInjectionError, InvalidRecipientError
+from service.errors import ConfigError, InvalidLink, InvalidRecipientError
 from service.flow.messages import LocalMessages, Recipe, WorkerMessages, _pack, _unpack
 from service.outcomes.records import now
 from service.routing import Notification, route
@@ -63,14 +63,15 @@ async def test_workers_build_the_same_bytes_as_the_event_loop(loaded: Loaded) ->
 
 
 async def test_errors_come_back_with_their_kind(loaded: Loaded) -> None:
-    """A header injection or a bad address found in a worker is raised here as itself, so the
-    record is dead-lettered or failed exactly as without workers; the worker carries on."""
+    """A forbidden link or a bad address found in a worker is raised here as itself, so the
+    notification fails exactly as without workers; the worker carries on."""
     order = next(n for n in _notifications(loaded) if n.template == "order_receipt")
-    injected = _with_subject(order, order_number="A-1\r\nBcc: victim@example.com")
+    activation = next(n for n in _notifications(loaded) if n.template == "account_activation")
+    hostile = _with_subject(activation, activation_url="javascript:alert(document.cookie)")
     bad_address = replace(order, recipient=replace(order.recipient, email="not an address"))
     async with _workers(loaded) as workers:
-        with pytest.raises(HeaderInjectionError):
-            await workers.build(injected)
+        with pytest.raises(InvalidLink):
+            await workers.build(hostile)
         with pytest.raises(InvalidRecipientError):
             await workers.build(bad_address)
         assert (await workers.build(order)).locale == order.recipient.locale

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import shutil
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,12 @@ from jinja2.filters import do_wordwrap
 from jinja2.sandbox import SandboxedEnvironment
 
 from service.app import Loaded, load
-from service.errors import ConfigError, HeaderInjectionError, RenderError
+from service.errors import ConfigError, RenderError
+from service.flow.messages import build
 from service.render.renderer import PARTS, Renderer, _Sandbox
 from service.render.wrap import wordwrap as _wordwrap
 from service.routing import route
-from service.settings import BrandSettings
+from service.settings import BrandSettings, MailSettings
 from tests.conftest import ROOT, event_from_example, project_settings
 
 
@@ -105,15 +109,18 @@ def test_event_data_is_escaped_not_executed(loaded: Loaded) -> None:
     assert "49" not in r.text.split("\n")[0]
 
 
-def test_subject_with_cr_lf_from_event_data_is_refused(loaded: Loaded) -> None:
-    """A line break smuggled into a subject would start a new header: refused, not sent."""
+def test_a_line_break_in_a_subject_from_event_data_adds_no_header(loaded: Loaded) -> None:
+    """A line break smuggled into a subject would start a new header: the subject is only
+    shown, so the receipt goes out, the break a space, and no Bcc header."""
     event = event_from_example(loaded, "order.confirmed")
     payload = dict(event.payload)
     payload["order_number"] = "A-1\r\nBcc: victim@example.com"
     event = type(event)(**{**{f: getattr(event, f) for f in event.__slots__}, "payload": payload})
     (n,) = route(event, loaded.table)
-    with pytest.raises(HeaderInjectionError):
-        loaded.renderer.render(n)
+    message = build(loaded.renderer, MailSettings(), n, datetime(2026, 12, 4, tzinfo=UTC))
+    parsed = email.message_from_bytes(message.email.data, policy=email.policy.default)
+    assert parsed["Bcc"] is None
+    assert "A-1 Bcc: victim@example.com" in parsed["Subject"]
 
 
 def test_missing_variable_fails_loudly(loaded: Loaded, tmp_path: Path) -> None:
@@ -215,7 +222,7 @@ def test_dict_fields_read_exactly_as_in_jinjas_sandbox(
 
 def test_warm_compiles_every_template_before_the_first_mail(loaded: Loaded) -> None:
     """After `warm()`, no template is compiled while mail is rendered."""
-    renderer = Renderer(ROOT / "templates", BrandSettings())
+    renderer = Renderer(ROOT / "templates", BrandSettings(), links=project_settings().links)
     parts = sum(len(renderer._found[loc]) for loc in renderer.locales) * len(PARTS)
     assert renderer.warm() > parts  # the parts, and the layouts and macros they extend
     compiled: list[str | None] = []

@@ -10,6 +10,12 @@ from service.errors import ConfigError
 from service.settings import load_settings
 
 
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read settings from what each sets; the suite's signing key is not theirs."""
+    monkeypatch.delenv("HERALD_LINKS__UNSUBSCRIBE_SECRET", raising=False)
+
+
 def test_nested_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HERALD_SMTP__HOST", "smtp.example.net")
     monkeypatch.setenv("HERALD_SMTP__PORT", "465")
