@@ -59,10 +59,11 @@ def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(settings: Settings, _: argparse.Namespace) -> int:
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     """Configuration, then every route's templates in every locale against its event schema."""
     from service.app import load
     from service.tools.checks import check, css_fallbacks
+    from service.tools.link_fields import link_fields
 
     loaded = load(settings)
     for warning in css_fallbacks(loaded):
@@ -78,6 +79,9 @@ def cmd_check(settings: Settings, _: argparse.Namespace) -> int:
         f"check OK: {routes} routes x {len(loaded.renderer.locales)} locales; every template "
         "reads only fields its event schema has\n"
     )
+    if args.links:
+        for template, paths in link_fields(loaded).items():
+            sys.stdout.write(f"links of {template}: {', '.join(paths)}\n")
     return 0
 
 
@@ -228,10 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate settings, schemas, routing table and "
         "templates without connecting to anything",
     ).set_defaults(fn=cmd_check_config)
-    sub.add_parser(
+    ck = sub.add_parser(
         "check",
         help="check-config, plus every template in every locale against its event schema",
-    ).set_defaults(fn=cmd_check)
+    )
+    ck.add_argument(
+        "--links",
+        action="store_true",
+        help="also list, per template, the fields its links are made of (they must be https)",
+    )
+    ck.set_defaults(fn=cmd_check)
     pv = sub.add_parser(
         "preview",
         help="render every notification x locale into a static gallery (var/preview/index.html)",

@@ -94,6 +94,15 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self.record_loop_seconds = Histogram(
+            "herald_record_loop_seconds",
+            "Event-loop time one record took, per lane: the sum of the steps of its handling, "
+            "during each of which nothing else on the loop ran. Over 0.1 s, a record held up "
+            "every other one (HeraldRecordHeldTheLoop).",
+            ["lane"],
+            buckets=_DELAY_BUCKETS,
+            registry=r,
+        )
         self.render_seconds = Histogram(
             "herald_render_seconds",
             "Time to render and compose one mail (with render workers: including the hand-over).",

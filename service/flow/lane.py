@@ -20,14 +20,15 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from service.errors import ConsumerFailed
 from service.flow.handler import Handled
+from service.flow.loop_time import LoopTime
 from service.kafka.client import GroupClient
 from service.kafka.committer import Committed, Committer
 from service.kafka.offsets import OffsetTracker
@@ -39,12 +40,14 @@ from service.outcomes.retries import RetryPolicy
 from service.settings import KafkaSettings, ProcessingSettings
 
 log = structlog.get_logger("herald.flow")
-Handler = Callable[[RawRecord], Awaitable[Handled]]
+Handler = Callable[[RawRecord], Coroutine[Any, Any, Handled]]
 _BATCH = 500
 _UNCOMMITTED_PER_SLOT = 8
 """Finished records that may wait for a commit, per `max_in_flight`: a few commit intervals'
 worth at full speed. Beyond it the commits are failing (results topic unavailable) and
 consumption stops until they succeed. Half of it triggers a commit without waiting."""
+HELD_S = 0.1
+"""A record holding the loop longer than this at once is logged: every other record waited."""
 _FULL_PAUSE_S = 1.0
 """How long the processing budget may stay full before the partitions are paused: until then
 the lane just stops polling, and librdkafka keeps what it has fetched."""
@@ -95,6 +98,7 @@ class Lane:
         self._in_flight = metrics.in_flight.labels(lane)
         self._paused_gauge = metrics.paused.labels(lane)
         self._consume_delay = metrics.consume_delay_seconds.labels(lane)
+        self._loop_seconds = metrics.record_loop_seconds.labels(lane)
         self._group_id = kafka.group_id
         self._proc = processing
         self._max_uncommitted = _UNCOMMITTED_PER_SLOT * processing.max_in_flight
@@ -217,7 +221,18 @@ class Lane:
     async def _process(self, raw: RawRecord, prev: asyncio.Task[None] | None, epoch: int) -> None:
         if prev is not None:
             await asyncio.wait([prev])  # same key: keep the producer's order
-        handled = await self._handler(raw)
+        timed = LoopTime(self._handler(raw))
+        handled = await timed
+        self._loop_seconds.observe(timed.seconds)
+        if timed.longest > HELD_S:
+            self._log.warning(
+                "record held the event loop",
+                topic=raw.topic,
+                partition=raw.partition,
+                offset=raw.offset,
+                longest_ms=round(timed.longest * 1000, 1),
+                total_ms=round(timed.seconds * 1000, 1),
+            )
         tp = (raw.topic, raw.partition)
         if self._epochs.get(tp, 0) != epoch:
             return  # handed back meanwhile: the new owner processes it again

@@ -142,3 +142,19 @@ def test_readme_catalogue_lists_every_route() -> None:
             row = f"| `{event_type}` | `{r.spec.type}` | {r.spec.category.value}"
             assert row in readme, f"README catalogue lacks {event_type} → {r.spec.type}"
             assert f"`{r.spec.template}`" in readme
+
+
+def test_herald_check_lists_the_fields_links_are_made_of() -> None:
+    """`--links`: an operator learns which event fields must be https URLs."""
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "check", "--links"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET},
+        timeout=60,
+        check=False,
+    )
+    assert 0 == out.returncode, out.stderr
+    assert "links of en/account_activation: payload.activation_url\n" in out.stdout
+    assert "links of fr/order_shipped: payload.tracking_url, payload.order_url\n" in out.stdout
