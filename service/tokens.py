@@ -49,9 +49,7 @@ def _mac(secret: bytes, key_id: str, expires_at: int, claims: tuple[str, str, st
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def sign(
-    keys: Keys, *, user_id: str, notification: str, category: str, expires_at: int
-) -> str:
+def sign(keys: Keys, *, user_id: str, notification: str, category: str, expires_at: int) -> str:
     """A token for this user, notification type and category, valid until `expires_at`."""
     claims = (user_id, notification, category)
     mac = _mac(keys.secrets[keys.current], keys.current, expires_at, claims)
