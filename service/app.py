@@ -282,7 +282,13 @@ class Herald:
         if s.processing.render_workers:
             recipe = Recipe(s.templates_dir, s.brand, s.mail.default_locale, s.links, s.mail)
             messages = await stack.enter_async_context(
-                WorkerMessages(recipe, s.processing.render_workers, local, s.log.format)
+                WorkerMessages(
+                    recipe,
+                    s.processing.render_workers,
+                    local,
+                    s.log.format,
+                    timeout_s=s.processing.render_timeout_s,
+                )
             )
         decoder = EventDecoder(
             self.loaded.bindings,

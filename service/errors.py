@@ -24,6 +24,7 @@ HeraldError              retryable · server_wide · outcome_known · dead_lette
 │   │   └── SmtpUtf8Unsupported      a UTF-8 address, and the relay offers no SMTPUTF8
 │   └── DeliveryUnknownError         not outcome_known: lost after DATA (RFC 1047), never resent
 ├── InvalidLink                      a link in a mail that is not an allowed https URL: FAILED
+├── RenderTimeout                    a render worker took over its time for one mail: FAILED
 ├── InvalidToken                     an unsubscribe token that is forged, foreign or expired
 ├── InternalError                    a bug or an unforeseen failure: tried again a few times,
 │                                    then the record is dead-lettered (`internal_error`)
@@ -191,6 +192,12 @@ class InvalidLink(HeraldError):
     """A link the mail would carry is not an absolute https URL to an allowed host."""
 
     reason = "invalid_link"
+
+
+class RenderTimeout(HeraldError):
+    """A render worker took longer than `processing.render_timeout_s` for one mail."""
+
+    reason = "render_timeout"
 
 
 class InvalidToken(HeraldError):

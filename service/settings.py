@@ -233,6 +233,9 @@ class ProcessingSettings(_Group):
     render_workers: int = Field(default=0, ge=0, le=64)
     """Processes that render and compose mail beside the event loop, on other cores. 0: on
     the loop. One per spare core pays off when a single instance has cores to itself."""
+    render_timeout_s: float = Field(default=10.0, gt=0)
+    """With render workers: how long one mail may take before its worker is stopped and the
+    notification fails (`render_timeout`)."""
     max_internal_attempts: int = Field(default=3, ge=1, le=10)
     """Tries of a step that fails with an unforeseen exception before its record (or
     notification) is dead-lettered as `internal_error`."""

@@ -11,17 +11,17 @@ producer still on an older schema keeps working after the schema evolves.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import fastavro
 
-from service.errors import DecodeError, RecordTooLarge, SchemaRegistryUnavailable
+from service.errors import DecodeError, RecordTooLarge
 from service.events import budget, framing
 from service.events.budget import Limits
 from service.events.model import Event, Recipient, TopicBinding
+from service.events.registry import RegisteredWriters
 from service.events.schemas import SchemaStore, read_body
 
 
@@ -45,8 +45,7 @@ class EventDecoder:
         self._default_locale = default_locale
         self._bindings = dict(bindings)
         self._store = store
-        self._registry = registry
-        self._by_id: dict[int, Any] = {}
+        self._registry = RegisteredWriters(registry) if registry is not None else None
 
     @property
     def topics(self) -> list[str]:
@@ -66,7 +65,9 @@ class EventDecoder:
             )
         if binding.encoding == "confluent":
             schema_id, body = framing.confluent(value)
-            writer = await self._registered_writer(schema_id)
+            if self._registry is None:
+                raise DecodeError("confluent-encoded record but no schema registry is configured")
+            writer = await self._registry.writer(topic, schema_id)
         else:
             fingerprint, body = framing.single_object(value)
             writer = self._stored_writer(fingerprint)
@@ -92,31 +93,6 @@ class EventDecoder:
                 f"schemas/history/"
             )
         return schema.parsed
-
-    async def _registered_writer(self, schema_id: int) -> Any:
-        cached = self._by_id.get(schema_id)
-        if cached is not None:
-            return cached
-        if self._registry is None:
-            raise DecodeError("confluent-encoded record but no schema registry is configured")
-        from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-        try:
-            schema = await self._registry.get_schema(schema_id)
-        except SchemaRegistryError as exc:
-            if exc.http_status_code == 404:
-                raise DecodeError(f"schema id {schema_id} is not in the registry") from exc
-            raise SchemaRegistryUnavailable(f"schema registry answered {exc}") from exc
-        except Exception as exc:  # httpx transport errors and timeouts
-            raise SchemaRegistryUnavailable(
-                f"schema registry unreachable: {type(exc).__name__}"
-            ) from exc
-        try:
-            parsed = fastavro.parse_schema(json.loads(schema.schema_str))
-        except Exception as exc:
-            raise DecodeError(f"schema id {schema_id} is not a valid Avro schema: {exc}") from exc
-        self._by_id[schema_id] = parsed
-        return parsed
 
 
 def _to_event(record: Mapping[str, Any], binding: TopicBinding, default_locale: str) -> Event:

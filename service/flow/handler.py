@@ -144,7 +144,7 @@ class Handler:
         if not self._retries.is_retry_topic(raw.topic):
             return self._report(raw), None, True
         try:
-            ticket = self._retries.ticket(raw)
+            ticket = self._retries.ticket(raw, self._decoder.topics)
         except HeraldError as exc:
             report = self._report(raw)
             self._settle_record(report, Stage.TICKET, exc, None)

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Protocol
 import structlog
 
 from service.delivery.mime import Email, Letter, compose
-from service.errors import ConfigError, HeraldError, RenderError
+from service.errors import ConfigError, HeraldError, RenderError, RenderTimeout
 from service.events.model import Event, Recipient
 from service.logs import configure
 from service.outcomes.records import now
@@ -171,8 +171,15 @@ class WorkerMessages:
     """
 
     def __init__(
-        self, recipe: Recipe, count: int, fallback: LocalMessages, log_format: str
+        self,
+        recipe: Recipe,
+        count: int,
+        fallback: LocalMessages,
+        log_format: str,
+        timeout_s: float = 10.0,
     ) -> None:
+        """`timeout_s`: how long a worker may take for one mail before it is stopped."""
+        self._timeout_s = timeout_s
         self._recipe = recipe
         self._count = count
         self._fallback = fallback
@@ -228,7 +235,26 @@ class WorkerMessages:
         loop = asyncio.get_running_loop()
         request = _Request(n, at, loop.create_future(), _frame((_pack(n), at)))
         self._send(self._least_busy(), request)
-        return await request.future
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), self._timeout_s)
+        except TimeoutError:
+            self._give_up(request)
+            raise RenderTimeout(
+                f"a render worker took over {self._timeout_s:g} s "
+                "(processing.render_timeout_s); it was stopped"
+            ) from None
+
+    def _give_up(self, request: _Request) -> None:
+        """Fail a request a worker is stuck on, and stop that worker: a new one takes its
+        other requests (`_restart`)."""
+        if not request.future.done():
+            request.future.cancel()
+        for worker in list(self._workers):
+            if request in worker.pending:
+                log.error("render worker stuck; stopping it", pid=worker.process.pid)
+                self._workers.remove(worker)  # no more mail for it; `_restart` replaces it
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.kill()
 
     def _least_busy(self) -> _Worker:
         return min(self._workers, key=lambda w: len(w.pending))
@@ -264,9 +290,11 @@ class WorkerMessages:
             await self._restart(worker)
 
     async def _restart(self, dead: _Worker) -> None:
-        # Out of the rotation first: mail asked for meanwhile goes to the others, or is built
-        # here, never to a worker that will not answer.
-        self._workers.remove(dead)
+        # Out of the rotation first (if a timeout has not taken it out already): mail asked
+        # for meanwhile goes to the others, or is built here, never to a worker that will not
+        # answer.
+        if dead in self._workers:
+            self._workers.remove(dead)
         orphans = list(dead.pending)
         dead.pending.clear()
         code = await dead.process.wait()

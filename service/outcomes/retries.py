@@ -9,6 +9,7 @@ delay, so they become due in order: the flow pauses such a partition until its h
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -81,9 +82,12 @@ class RetryPolicy:
                     return 0
         return 0
 
-    def ticket(self, raw: RawRecord) -> RetryTicket:
-        """Read a retry record; MalformedTicket if its headers are not what `schedule` wrote."""
+    def ticket(self, raw: RawRecord, bound: Collection[str]) -> RetryTicket:
+        """Read a retry record; MalformedTicket if its headers are not what `schedule` wrote,
+        or name a source topic outside `bound` (the topics Herald consumes)."""
         h = headers.decode(raw.headers)
+        if h.get("source.topic") not in bound:
+            raise MalformedTicket("retry record for a topic Herald does not consume")
         try:
             original = RawRecord(
                 topic=h["source.topic"],
@@ -94,7 +98,7 @@ class RetryPolicy:
                 headers=headers.foreign(raw.headers),
                 timestamp_ms=raw.timestamp_ms,
             )
-            return RetryTicket(
+            ticket = RetryTicket(
                 notification=h["retry.notification"],
                 round=int(h["retry.round"]),
                 not_before_ms=int(h["retry.not_before_ms"]),
@@ -102,3 +106,6 @@ class RetryPolicy:
             )
         except (KeyError, ValueError) as exc:
             raise MalformedTicket(f"retry record without a readable {exc} header") from exc
+        if not 1 <= ticket.round <= len(self._rounds):
+            raise MalformedTicket(f"retry round {ticket.round} is not one of this policy's")
+        return ticket

@@ -19,6 +19,7 @@ from service.app import Loaded
 from service.errors import ConfigError, DecodeError, RecordTooLarge
 from service.events.decoder import EventDecoder
 from service.events.model import TopicBinding
+from service.events.registry import zero_size_items
 from service.events.schemas import SchemaStore, _stored, encode_single_object, write_body
 from tests.conftest import ROOT, example_record
 
@@ -228,3 +229,48 @@ def test_broken_schema_file_names_file_and_fix(tmp_path: Path) -> None:
         SchemaStore.load(tmp_path)
     assert "herald.events.Broken.avsc" in str(info.value)
     assert "Fix:" in str(info.value)
+
+
+async def test_a_schema_id_of_another_subject_is_refused(evolved_store: SchemaStore) -> None:
+    """A producer naming a schema registered for some other topic cannot have Herald read
+    its bytes with it: only `<topic>-value` counts (`mock://` registry)."""
+    registry = AsyncSchemaRegistryClient.new_client({"url": "mock://events-test-subject"})
+    foreign_id = await registry.register_schema("elsewhere-value", Schema(json.dumps(V1), "AVRO"))
+    v1 = next(s for s in evolved_store._by_fingerprint.values() if not s.current)
+    value = b"\x00" + foreign_id.to_bytes(4, "big") + write_body(v1, V1_RECORD)
+    with pytest.raises(DecodeError, match="not registered under subject user.signed_up-value"):
+        await _decoder(evolved_store, "confluent", registry).decode(*_raw(value))
+
+
+@pytest.mark.parametrize(
+    ("schema", "where"),
+    [
+        ({"type": "array", "items": "null"}, "the top level"),
+        (
+            {
+                "type": "record",
+                "name": "R",
+                "fields": [
+                    {"name": "ok", "type": {"type": "array", "items": "string"}},
+                    {
+                        "name": "lines",
+                        "type": {
+                            "type": "array",
+                            "items": {"type": "record", "name": "E", "fields": []},
+                        },
+                    },
+                ],
+            },
+            ".lines",
+        ),
+        ({"type": "map", "values": {"type": "fixed", "name": "F", "size": 0}}, "the top level"),
+    ],
+)
+def test_a_writer_with_items_of_no_size_is_found(schema: dict[str, Any], where: str) -> None:
+    """Their block count could ask for 2^62 items in a few bytes: unbounded CPU."""
+    assert where == zero_size_items(schema)
+
+
+def test_items_that_take_bytes_pass() -> None:
+    assert zero_size_items({"type": "array", "items": ["null", "string"]}) is None
+    assert zero_size_items(V1) is None

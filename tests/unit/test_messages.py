@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from service.app import Loaded
-from service.errors import ConfigError, InvalidLink, InvalidRecipientError
+from service.errors import ConfigError, InvalidLink, InvalidRecipientError, RenderTimeout
 from service.flow.messages import LocalMessages, Recipe, WorkerMessages, _pack, _unpack
 from service.outcomes.records import now
 from service.routing import Notification, route
@@ -124,3 +124,36 @@ async def test_a_worker_that_cannot_load_the_templates_stops_start_up(
     with pytest.raises(ConfigError, match=r"order_receipt/subject\.txt"):
         async with _workers(loaded, recipe=_recipe(tmp_path / "templates")):
             pass
+
+
+async def test_a_worker_stuck_on_a_mail_is_stopped_and_the_mail_fails(
+    loaded: Loaded, tmp_path: Path
+) -> None:
+    """A template that never finishes (nested loops of 10^10 steps, within the sandbox's
+    limits): after `timeout_s` the mail fails with `render_timeout`, the worker is replaced,
+    and the next mail is built."""
+    templates = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", templates)
+    slow = templates / "en" / "report_ready" / "body.txt"
+    slow.write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    )
+    report = next(n for n in _notifications(loaded) if n.template == "report_ready")
+    order = next(n for n in _notifications(loaded) if n.template == "order_receipt")
+    local = LocalMessages(loaded.renderer, project_settings().mail)
+    async with WorkerMessages(_recipe(templates), 1, local, "json", timeout_s=1.0) as workers:
+        first = workers._workers[0].process.pid
+        if report.recipient.locale.startswith("fr"):
+            report = replace(report, recipient=replace(report.recipient, locale="en"))
+        with pytest.raises(RenderTimeout) as info:
+            await workers.build(report)
+        assert "render_timeout" == info.value.reason
+        assert (
+            await workers.build(order)
+        ).locale == order.recipient.locale  # here, or on a new one
+        for _ in range(200):
+            if workers._workers:
+                break
+            await asyncio.sleep(0.05)
+        assert first != workers._workers[0].process.pid
+        assert (await workers.build(order)).locale == order.recipient.locale

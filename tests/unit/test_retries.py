@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -40,7 +41,7 @@ def test_a_ticket_reads_back_what_was_scheduled() -> None:
     before_ms = int(time.time() * 1000)
     record = policy.schedule(ORIGINAL, notification="order.receipt", rounds_done=1, reason="x")
     assert "p.herald.retry.600s" == record.topic
-    ticket = policy.ticket(_consumed(record))
+    ticket = policy.ticket(_consumed(record), {"orders"})
     assert ("order.receipt", 2) == (ticket.notification, ticket.round)
     assert before_ms + 600_000 <= ticket.not_before_ms <= int(time.time() * 1000) + 600_000
     assert ticket.not_before_ms == RetryPolicy.not_before_ms(_consumed(record))
@@ -87,7 +88,19 @@ def test_a_ticket_that_herald_did_not_write_is_malformed(
         topic="herald.retry.60s", partition=0, offset=0, key=None, value=b"v", headers=headers
     )
     with pytest.raises(MalformedTicket):
-        RetryPolicy(RetrySettings()).ticket(raw)
+        RetryPolicy(RetrySettings()).ticket(raw, {"t"})
+
+
+def test_a_ticket_for_a_topic_herald_does_not_consume_is_malformed() -> None:
+    """A forged ticket cannot make Herald read bytes as some other topic's events."""
+    policy = RetryPolicy(RetrySettings())
+    record = policy.schedule(ORIGINAL, notification="n", rounds_done=0, reason="x")
+    with pytest.raises(MalformedTicket, match="does not consume"):
+        policy.ticket(_consumed(record), {"payments"})
+    beyond = policy.schedule(ORIGINAL, notification="n", rounds_done=2, reason="x")
+    forged = [(k, b"9" if k == "herald.retry.round" else v) for k, v in beyond.headers]
+    with pytest.raises(MalformedTicket, match="round 9"):
+        policy.ticket(_consumed(replace(beyond, headers=tuple(forged))), {"orders"})
 
 
 def test_an_unreadable_due_time_is_due_now() -> None:
