@@ -16,7 +16,7 @@ from typing import Any
 
 import confluent_kafka
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     AlterConfigOpType,
@@ -79,6 +79,38 @@ def set_topic_config(bootstrap: str, topic: str, name: str, value: str | None) -
     resource = ConfigResource("TOPIC", topic, incremental_configs=[entry])
     for fut in admin.incremental_alter_configs([resource]).values():
         fut.result(timeout=30)
+
+
+PROBE_HEADER = "chaos.probe"
+"""Marks a record the harness wrote itself; the watcher leaves it out."""
+
+
+def wait_until_refused(bootstrap: str, topic: str, timeout_s: float = 60) -> int:
+    """Produce probes (acks=all) to partition 0 of `topic` until its leader refuses them for
+    want of in-sync replicas; returns that time (ms). A config change reaches the partition
+    leaders asynchronously, in a second or in ten on a loaded machine."""
+    producer = confluent_kafka.Producer(
+        client(bootstrap, **{"acks": "all", "message.timeout.ms": 1500, "linger.ms": 0})
+    )
+    refused = {KafkaError.NOT_ENOUGH_REPLICAS, KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND}
+    refused.add(KafkaError._MSG_TIMED_OUT)
+    deadline = time.monotonic() + timeout_s
+    outcome: list[Any] = []
+    while True:
+        outcome.clear()
+        producer.produce(
+            topic,
+            b"probe",
+            partition=0,
+            headers=[(PROBE_HEADER, b"1")],
+            on_delivery=lambda err, _msg: outcome.append(err),
+        )
+        producer.flush(10)
+        if outcome and outcome[0] is not None and outcome[0].code() in refused:
+            return int(time.time() * 1000)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{topic} still takes writes {timeout_s} s after the change")
+        time.sleep(0.2)
 
 
 def positions(bootstrap: str, group: str, topics: dict[str, int]) -> dict[tuple[str, int], int]:

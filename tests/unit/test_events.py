@@ -238,7 +238,7 @@ async def test_a_schema_id_of_another_subject_is_refused(evolved_store: SchemaSt
     foreign_id = await registry.register_schema("elsewhere-value", Schema(json.dumps(V1), "AVRO"))
     v1 = next(s for s in evolved_store._by_fingerprint.values() if not s.current)
     value = b"\x00" + foreign_id.to_bytes(4, "big") + write_body(v1, V1_RECORD)
-    with pytest.raises(DecodeError, match="not registered under subject user.signed_up-value"):
+    with pytest.raises(DecodeError, match=r"not registered under subject user\.signed_up-value"):
         await _decoder(evolved_store, "confluent", registry).decode(*_raw(value))
 
 
