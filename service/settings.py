@@ -239,10 +239,10 @@ class ProcessingSettings(_Group):
     max_internal_attempts: int = Field(default=3, ge=1, le=10)
     """Tries of a step that fails with an unforeseen exception before its record (or
     notification) is dead-lettered as `internal_error`."""
-    max_string_chars: int = Field(default=65_536, ge=256)
+    max_string_chars: int = Field(default=4_096, ge=256)
     """Longest string a record may hold (any field); a longer one refuses the record
     (`too_large`) before any template or header work."""
-    max_array_items: int = Field(default=1_000, ge=1)
+    max_array_items: int = Field(default=200, ge=1)
     """Most items an array or map of a record may hold: templates loop over them, and a mail
     with more lines than that is no mail anyone reads."""
     max_record_bytes: int = Field(default=1_048_576, ge=1024)
