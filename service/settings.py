@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -31,6 +32,15 @@ SECRETS_DIR_VARIABLE = "HERALD_SECRETS_DIR"
 """Directory of secret files, one per setting, each named like its variable
 (`HERALD_SMTP__PASSWORD`): how Kubernetes and Compose hand secrets over, without putting them
 in the environment."""
+
+
+class _Refused(ValueError):
+    """A validator's refusal that knows the fix, which `load_settings` puts in its ConfigError
+    in place of the generic one."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.fix = fix
 
 
 class _Group(BaseModel):
@@ -117,6 +127,30 @@ class SmtpSettings(_Group):
             raise ValueError(f"must be below smtp.pool_size ({pool}), or bulk mail gets none")
         return value
 
+    @field_validator("username", "password")
+    @classmethod
+    def _no_credentials_in_clear(cls, value: object, info: ValidationInfo) -> object:
+        host = info.data.get("host", "")
+        if value is not None and info.data.get("tls") == "none" and not _loopback(host):
+            raise _Refused(
+                f"with HERALD_SMTP__TLS=none the credentials would cross the network to "
+                f"{host} in clear",
+                "set HERALD_SMTP__TLS=starttls (port 587) or implicit (port 465); `none` "
+                "takes credentials only for a relay on this host (127.0.0.1, ::1, localhost)",
+            )
+        return value
+
+
+def _loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`, as written: a name is not resolved, since what it
+    resolves to can change after the check."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 def _addr_spec(value: str | None) -> str | None:
     """A plain addr-spec (no display name, no CR/LF): it goes into headers and MAIL FROM."""
@@ -133,6 +167,46 @@ def _addr_spec(value: str | None) -> str | None:
     return value
 
 
+_HEADER_BREAKERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0 and C1 controls, DEL, and the Unicode line and paragraph separators: CR/LF would end the
+header and start another (`Bcc:`), and some parsers break lines at NEL (U+0085), U+2028 and
+U+2029 too."""
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _display_name(value: str) -> str:
+    if found := _HEADER_BREAKERS.search(value):
+        raise _Refused(
+            f"holds the control character U+{ord(found.group()):04X}, which could end the "
+            "From header and start another",
+            "set HERALD_MAIL__FROM_NAME to a name on one line, without control characters",
+        )
+    return value
+
+
+def _domain_name(value: str | None) -> str | None:
+    """Letters, digits and hyphens in dot-separated labels (RFC 1123), at most 253 in all.
+
+    A Unicode name is refused rather than converted: Python's own `idna` codec implements
+    IDNA 2003, which maps some names (`ß`, `ς`) to other domains than IDNA 2008 does.
+    """
+    if value is None:
+        return None
+    if not value.isascii():
+        raise _Refused(
+            "is not ASCII",
+            "give the domain's IDNA form (xn--…), as `idn2` or the registrar shows it, in "
+            "HERALD_MAIL__MESSAGE_ID_DOMAIN",
+        )
+    if len(value) > 253 or not all(_LABEL.fullmatch(label) for label in value.split(".")):
+        raise _Refused(
+            "is not a domain name",
+            "set HERALD_MAIL__MESSAGE_ID_DOMAIN to a domain of yours such as mail.example.com "
+            "(letters, digits, hyphens and dots), or unset it to use FROM_ADDRESS's",
+        )
+    return value
+
+
 class MailSettings(_Group):
     from_address: str = "no-reply@example.com"
     from_name: str = "Herald"
@@ -145,6 +219,8 @@ class MailSettings(_Group):
     """End of every locale fallback chain; templates must exist for it."""
 
     _check_addresses = field_validator("from_address", "reply_to")(_addr_spec)
+    _check_name = field_validator("from_name")(_display_name)
+    _check_domain = field_validator("message_id_domain")(_domain_name)
 
 
 class BrandSettings(_Group):
@@ -340,15 +416,18 @@ def load_settings(**overrides: object) -> Settings:
         source = _file_of(var, files) if var not in _environment() else None
         secret = source or any(s in var for s in ("PASSWORD", "SECRET", "AUTH"))
         shown = "" if secret or not path else f" (got {err.get('input')!r})"
-        fix = (
-            f"write a valid value into {source} or remove the file to use the default"
-            if source
-            else f"set {var} to a valid value or unset it to use the default"
-        )
+        refused = err.get("ctx", {}).get("error")
+        problem = str(refused) if isinstance(refused, _Refused) else err["msg"]
+        if isinstance(refused, _Refused):
+            fix = refused.fix
+        elif source:
+            fix = f"write a valid value into {source} or remove the file to use the default"
+        else:
+            fix = f"set {var} to a valid value or unset it to use the default"
         raise ConfigError(
             str(source) if source else "environment",
             var,
-            f"{err['msg']}{shown}",
+            f"{problem}{shown}",
             f"{fix}; see README 'Configuration'",
         ) from exc
 
