@@ -172,6 +172,9 @@ _HEADER_BREAKERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 header and start another (`Bcc:`), and some parsers break lines at NEL (U+0085), U+2028 and
 U+2029 too."""
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MIN_HASH_SECRET = 32
+"""Characters of `mail.recipient_hash_secret`: a short key can be found by guessing it against
+a digest of a known address."""
 
 
 def _display_name(value: str) -> str:
@@ -214,13 +217,35 @@ class MailSettings(_Group):
     message_id_domain: str | None = None
     """Right-hand side of Message-ID; defaults to the domain of `from_address`."""
     recipient_in_outcomes: Literal["masked", "hashed"] = "masked"
-    """How the recipient appears on the results topic: `j***@example.com` or a SHA-256 digest."""
+    """How the recipient appears on the results topic: `j***@example.com`, or an
+    HMAC-SHA-256 of the lower-cased address keyed with `recipient_hash_secret`."""
+    recipient_hash_secret: SecretStr | None = Field(default=None, validate_default=True)
+    """Key of the hashed recipient; required with `hashed`. Without a key, a digest of an
+    address is reversed by hashing a list of addresses."""
     default_locale: str = "en"
     """End of every locale fallback chain; templates must exist for it."""
 
     _check_addresses = field_validator("from_address", "reply_to")(_addr_spec)
     _check_name = field_validator("from_name")(_display_name)
     _check_domain = field_validator("message_id_domain")(_domain_name)
+
+    @field_validator("recipient_hash_secret")
+    @classmethod
+    def _key_for_hashes(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        hashed = info.data.get("recipient_in_outcomes") == "hashed"
+        if hashed and value is None:
+            raise _Refused(
+                "is required with HERALD_MAIL__RECIPIENT_IN_OUTCOMES=hashed",
+                "set HERALD_MAIL__RECIPIENT_HASH_SECRET to a random key of at least "
+                f"{MIN_HASH_SECRET} characters (`openssl rand -hex 32`) and keep it, or use "
+                "HERALD_MAIL__RECIPIENT_IN_OUTCOMES=masked",
+            )
+        if value is not None and len(value.get_secret_value()) < MIN_HASH_SECRET:
+            raise _Refused(
+                f"is shorter than {MIN_HASH_SECRET} characters",
+                "set it to a random key such as `openssl rand -hex 32` prints",
+            )
+        return value
 
 
 class BrandSettings(_Group):

@@ -261,3 +261,29 @@ def test_plain_smtp_to_another_host_without_credentials_is_accepted(
     monkeypatch.setenv("HERALD_SMTP__HOST", "mailpit")
     monkeypatch.setenv("HERALD_SMTP__TLS", "none")
     assert "mailpit" == load_settings().smtp.host
+
+
+def test_hashed_recipients_need_a_long_enough_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hashed` without a key stops start-up with the variable and how to make a key; a short
+    key is refused without being shown; a key of 32 characters is taken."""
+    monkeypatch.setenv("HERALD_MAIL__RECIPIENT_IN_OUTCOMES", "hashed")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_MAIL__RECIPIENT_HASH_SECRET" == info.value.key
+    assert "required with HERALD_MAIL__RECIPIENT_IN_OUTCOMES=hashed" in info.value.problem
+    assert "openssl rand -hex 32" in info.value.fix
+    monkeypatch.setenv("HERALD_MAIL__RECIPIENT_HASH_SECRET", "short-key-31-characters-long-xx")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_MAIL__RECIPIENT_HASH_SECRET" == info.value.key
+    assert "short-key" not in str(info.value)
+    monkeypatch.setenv("HERALD_MAIL__RECIPIENT_HASH_SECRET", "k" * 32)
+    secret = load_settings().mail.recipient_hash_secret
+    assert secret is not None
+    assert "k" * 32 == secret.get_secret_value()
+
+
+def test_a_key_alone_does_not_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key is accepted with `masked` too, so it can be deployed before the switch."""
+    monkeypatch.setenv("HERALD_MAIL__RECIPIENT_HASH_SECRET", "k" * 32)
+    assert "masked" == load_settings().mail.recipient_in_outcomes
