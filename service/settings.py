@@ -466,3 +466,16 @@ def _file_of(var: str, files: dict[str, Path]) -> Path | None:
     """The secret file that set `var`, or the whole group it belongs to (`HERALD_SMTP`)."""
     group = var.split("__")[0]
     return files.get(var) or files.get(group)
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that work but weaken Herald, each with its variable and its fix; `herald run`
+    logs them at start-up and `herald check-config` prints them."""
+    warnings = []
+    if not settings.smtp.validate_certs:
+        warnings.append(
+            "HERALD_SMTP__VALIDATE_CERTS=false: the relay's certificate and host name are not "
+            "verified, so anyone on the path can read and change mail and credentials. Fix: "
+            "set HERALD_SMTP__CA_FILE to the relay's CA bundle and unset VALIDATE_CERTS"
+        )
+    return warnings

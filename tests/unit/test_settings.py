@@ -287,3 +287,14 @@ def test_a_key_alone_does_not_hash(monkeypatch: pytest.MonkeyPatch) -> None:
     """The key is accepted with `masked` too, so it can be deployed before the switch."""
     monkeypatch.setenv("HERALD_MAIL__RECIPIENT_HASH_SECRET", "k" * 32)
     assert "masked" == load_settings().mail.recipient_in_outcomes
+
+
+def test_unverified_smtp_certificates_give_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`VALIDATE_CERTS=false` works, with one warning naming the variable and the fix."""
+    from service.settings import config_warnings
+
+    assert [] == config_warnings(load_settings())
+    monkeypatch.setenv("HERALD_SMTP__VALIDATE_CERTS", "false")
+    (warning,) = config_warnings(load_settings())
+    assert warning.startswith("HERALD_SMTP__VALIDATE_CERTS=false: ")
+    assert "Fix: set HERALD_SMTP__CA_FILE" in warning
