@@ -442,9 +442,9 @@ def load_settings(**overrides: object) -> Settings:
         secret = source or any(s in var for s in ("PASSWORD", "SECRET", "AUTH"))
         shown = "" if secret or not path else f" (got {err.get('input')!r})"
         refused = err.get("ctx", {}).get("error")
-        problem = str(refused) if isinstance(refused, _Refused) else err["msg"]
+        problem = err["msg"]
         if isinstance(refused, _Refused):
-            fix = refused.fix
+            problem, fix = str(refused), refused.fix
         elif source:
             fix = f"write a valid value into {source} or remove the file to use the default"
         else:
