@@ -346,6 +346,11 @@ class Herald:
             encoding=s.kafka.results_encoding,
             registry_schema_id=schema_id,
             recipient_mode=s.mail.recipient_in_outcomes,
+            recipient_hash_key=(
+                s.mail.recipient_hash_secret.get_secret_value().encode()
+                if s.mail.recipient_hash_secret
+                else None
+            ),
         )
 
 

@@ -15,7 +15,7 @@ import structlog
 
 from service import logs
 from service.errors import ConfigError, HeraldError
-from service.settings import Settings, load_settings
+from service.settings import Settings, config_warnings, load_settings
 
 log = structlog.get_logger("herald.cli")
 
@@ -43,6 +43,8 @@ async def _run(settings: Settings) -> None:
 
 
 def cmd_run(settings: Settings, _: argparse.Namespace) -> int:
+    for warning in config_warnings(settings):
+        log.warning("configuration weakens security", warning=warning)
     asyncio.run(_run(settings))
     return 0
 
@@ -51,6 +53,8 @@ def cmd_check_config(settings: Settings, _: argparse.Namespace) -> int:
     from service.app import load
 
     loaded = load(settings)
+    for warning in config_warnings(settings):
+        sys.stderr.write(f"herald check-config: warning: {warning}\n")
     routes = sum(len(r) for r in loaded.table.routes.values())
     sys.stdout.write(
         f"configuration OK: {len(loaded.bindings)} topics, {routes} routes, "
@@ -66,7 +70,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     from service.tools.link_fields import link_fields
 
     loaded = load(settings)
-    for warning in css_fallbacks(loaded):
+    for warning in [*config_warnings(settings), *css_fallbacks(loaded)]:
         sys.stderr.write(f"herald check: warning: {warning}\n")
     problems = check(loaded)
     for problem in problems:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import string
@@ -32,6 +33,15 @@ SECRETS_DIR_VARIABLE = "HERALD_SECRETS_DIR"
 """Directory of secret files, one per setting, each named like its variable
 (`HERALD_SMTP__PASSWORD`): how Kubernetes and Compose hand secrets over, without putting them
 in the environment."""
+
+
+class _Refused(ValueError):
+    """A validator's refusal that knows the fix, which `load_settings` puts in its ConfigError
+    in place of the generic one."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(problem)
+        self.fix = fix
 
 
 class _Group(BaseModel):
@@ -118,6 +128,30 @@ class SmtpSettings(_Group):
             raise ValueError(f"must be below smtp.pool_size ({pool}), or bulk mail gets none")
         return value
 
+    @field_validator("username", "password")
+    @classmethod
+    def _no_credentials_in_clear(cls, value: object, info: ValidationInfo) -> object:
+        host = info.data.get("host", "")
+        if value is not None and info.data.get("tls") == "none" and not _loopback(host):
+            raise _Refused(
+                f"with HERALD_SMTP__TLS=none the credentials would cross the network to "
+                f"{host} in clear",
+                "set HERALD_SMTP__TLS=starttls (port 587) or implicit (port 465); `none` "
+                "takes credentials only for a relay on this host (127.0.0.1, ::1, localhost)",
+            )
+        return value
+
+
+def _loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`, as written: a name is not resolved, since what it
+    resolves to can change after the check."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
 
 def _addr_spec(value: str | None) -> str | None:
     """A plain addr-spec (no display name, no CR/LF): it goes into headers and MAIL FROM."""
@@ -134,6 +168,49 @@ def _addr_spec(value: str | None) -> str | None:
     return value
 
 
+_HEADER_BREAKERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+"""C0 and C1 controls, DEL, and the Unicode line and paragraph separators: CR/LF would end the
+header and start another (`Bcc:`), and some parsers break lines at NEL (U+0085), U+2028 and
+U+2029 too."""
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MIN_HASH_SECRET = 32
+"""Characters of `mail.recipient_hash_secret`: a short key can be found by guessing it against
+a digest of a known address."""
+
+
+def _display_name(value: str) -> str:
+    if found := _HEADER_BREAKERS.search(value):
+        raise _Refused(
+            f"holds the control character U+{ord(found.group()):04X}, which could end the "
+            "From header and start another",
+            "set HERALD_MAIL__FROM_NAME to a name on one line, without control characters",
+        )
+    return value
+
+
+def _domain_name(value: str | None) -> str | None:
+    """Letters, digits and hyphens in dot-separated labels (RFC 1123), at most 253 in all.
+
+    A Unicode name is refused rather than converted: Python's own `idna` codec implements
+    IDNA 2003, which maps some names (`ß`, `ς`) to other domains than IDNA 2008 does.
+    """
+    if value is None:
+        return None
+    if not value.isascii():
+        raise _Refused(
+            "is not ASCII",
+            "give the domain's IDNA form (xn--…), as `idn2` or the registrar shows it, in "
+            "HERALD_MAIL__MESSAGE_ID_DOMAIN",
+        )
+    if len(value) > 253 or not all(_LABEL.fullmatch(label) for label in value.split(".")):
+        raise _Refused(
+            "is not a domain name",
+            "set HERALD_MAIL__MESSAGE_ID_DOMAIN to a domain of yours such as mail.example.com "
+            "(letters, digits, hyphens and dots), or unset it to use FROM_ADDRESS's",
+        )
+    return value
+
+
 class MailSettings(_Group):
     from_address: str = "no-reply@example.com"
     from_name: str = "Herald"
@@ -141,7 +218,11 @@ class MailSettings(_Group):
     message_id_domain: str | None = None
     """Right-hand side of Message-ID; defaults to the domain of `from_address`."""
     recipient_in_outcomes: Literal["masked", "hashed"] = "masked"
-    """How the recipient appears on the results topic: `j***@example.com` or a SHA-256 digest."""
+    """How the recipient appears on the results topic: `j***@example.com`, or an
+    HMAC-SHA-256 of the lower-cased address keyed with `recipient_hash_secret`."""
+    recipient_hash_secret: SecretStr | None = Field(default=None, validate_default=True)
+    """Key of the hashed recipient; required with `hashed`. Without a key, a digest of an
+    address is reversed by hashing a list of addresses."""
     default_locale: str = "en"
     """End of every locale fallback chain; templates must exist for it."""
     max_message_bytes: int = Field(default=10_485_760, ge=65_536)
@@ -149,6 +230,26 @@ class MailSettings(_Group):
     that advertises a smaller SIZE (RFC 1870) is held to that."""
 
     _check_addresses = field_validator("from_address", "reply_to")(_addr_spec)
+    _check_name = field_validator("from_name")(_display_name)
+    _check_domain = field_validator("message_id_domain")(_domain_name)
+
+    @field_validator("recipient_hash_secret")
+    @classmethod
+    def _key_for_hashes(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        hashed = info.data.get("recipient_in_outcomes") == "hashed"
+        if hashed and value is None:
+            raise _Refused(
+                "is required with HERALD_MAIL__RECIPIENT_IN_OUTCOMES=hashed",
+                "set HERALD_MAIL__RECIPIENT_HASH_SECRET to a random key of at least "
+                f"{MIN_HASH_SECRET} characters (`openssl rand -hex 32`) and keep it, or use "
+                "HERALD_MAIL__RECIPIENT_IN_OUTCOMES=masked",
+            )
+        if value is not None and len(value.get_secret_value()) < MIN_HASH_SECRET:
+            raise _Refused(
+                f"is shorter than {MIN_HASH_SECRET} characters",
+                "set it to a random key such as `openssl rand -hex 32` prints",
+            )
+        return value
 
 
 class BrandSettings(_Group):
@@ -393,15 +494,18 @@ def load_settings(**overrides: object) -> Settings:
         source = _file_of(var, files) if var not in _environment() else None
         secret = source or any(s in var for s in ("PASSWORD", "SECRET", "AUTH"))
         shown = "" if secret or not path else f" (got {err.get('input')!r})"
-        fix = (
-            f"write a valid value into {source} or remove the file to use the default"
-            if source
-            else f"set {var} to a valid value or unset it to use the default"
-        )
+        refused = err.get("ctx", {}).get("error")
+        problem = err["msg"]
+        if isinstance(refused, _Refused):
+            problem, fix = str(refused), refused.fix
+        elif source:
+            fix = f"write a valid value into {source} or remove the file to use the default"
+        else:
+            fix = f"set {var} to a valid value or unset it to use the default"
         raise ConfigError(
             str(source) if source else "environment",
             var,
-            f"{err['msg']}{shown}",
+            f"{problem}{shown}",
             f"{fix}; see README 'Configuration'",
         ) from exc
 
@@ -415,3 +519,16 @@ def _file_of(var: str, files: dict[str, Path]) -> Path | None:
     """The secret file that set `var`, or the whole group it belongs to (`HERALD_SMTP`)."""
     group = var.split("__")[0]
     return files.get(var) or files.get(group)
+
+
+def config_warnings(settings: Settings) -> list[str]:
+    """Settings that work but weaken Herald, each with its variable and its fix; `herald run`
+    logs them at start-up and `herald check-config` prints them."""
+    warnings = []
+    if not settings.smtp.validate_certs:
+        warnings.append(
+            "HERALD_SMTP__VALIDATE_CERTS=false: the relay's certificate and host name are not "
+            "verified, so anyone on the path can read and change mail and credentials. Fix: "
+            "set HERALD_SMTP__CA_FILE to the relay's CA bundle and unset VALIDATE_CERTS"
+        )
+    return warnings

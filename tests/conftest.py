@@ -92,13 +92,15 @@ def write_json(path: Path, data: Any) -> Path:
 
 @pytest.fixture
 def log_entries() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Every structlog entry emitted during the test, with its bound context merged in."""
+    """Every structlog entry emitted during the test, with its bound context merged in; the
+    configuration it replaces (the integration suite's, for one) comes back afterwards."""
+    saved = structlog.get_config()
     capture = structlog.testing.LogCapture()
     structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
     try:
         yield capture.entries
     finally:
-        structlog.reset_defaults()
+        structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")

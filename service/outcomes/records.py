@@ -7,6 +7,7 @@ encoding, or in the Confluent wire format when the results topic uses a registry
 from __future__ import annotations
 
 import hashlib
+import hmac
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -77,8 +78,10 @@ def mask_address(address: str) -> str:
     return f"{local[0]}***@{domain}"
 
 
-def hash_address(address: str) -> str:
-    return hashlib.sha256(address.strip().lower().encode()).hexdigest()
+def hash_address(address: str, key: bytes) -> str:
+    """HMAC-SHA-256 of the lower-cased address: stable per key, so readers can count and join
+    on it, and not reversed by hashing a list of addresses without the key."""
+    return hmac.new(key, address.strip().lower().encode(), hashlib.sha256).hexdigest()
 
 
 def now() -> datetime:
@@ -96,12 +99,22 @@ class OutcomeCodec:
         encoding: Literal["single-object", "confluent"] = "single-object",
         registry_schema_id: int | None = None,
         recipient_mode: Literal["masked", "hashed"] = "masked",
+        recipient_hash_key: bytes | None = None,
     ) -> None:
+        """`recipient_hash_key` keys the recipient's hash; required when it is `hashed`."""
+        if recipient_mode == "hashed" and not recipient_hash_key:
+            raise ConfigError(
+                "environment",
+                "HERALD_MAIL__RECIPIENT_HASH_SECRET",
+                "hashed recipients need a key",
+                "set HERALD_MAIL__RECIPIENT_HASH_SECRET (`openssl rand -hex 32`)",
+            )
         self.results_topic = results_topic
         self._schema = schema
         self._encoding = encoding
         self._schema_id = registry_schema_id
         self._recipient_mode = recipient_mode
+        self._recipient_key = recipient_hash_key or b""
 
     @staticmethod
     def outcome_schema(store: SchemaStore) -> StoredSchema:
@@ -117,7 +130,7 @@ class OutcomeCodec:
 
     def recipient_label(self, address: str) -> str:
         if self._recipient_mode == "hashed":
-            return hash_address(address)
+            return hash_address(address, self._recipient_key)
         return mask_address(address)
 
     def encode(self, outcome: Outcome) -> bytes:

@@ -9,6 +9,9 @@
 
 And a real Schema Registry, for the tests that ask for one: `SCHEMA_REGISTRY_URL` when set,
 else the project's Apicurio Registry (`deploy/registry/registry.sh`) on free loopback ports.
+
+Herald logs as `herald run` makes it (JSON, at DEBUG) throughout, and a test whose logs hold an
+email address in clear fails (`tests/addresses.py` finds them).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from service.kafka.admin import ensure_topics
 from service.metrics import Metrics
 from service.settings import Settings
 from service.testing import SmtpServer, free_port
+from tests.addresses import LogTap, clear_addresses, herald_logs
 from tests.conftest import ROOT, project_settings
 
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
@@ -44,6 +48,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="package", autouse=True)
+def herald_log_output() -> Iterator[LogTap]:
+    """Herald's logging as `herald run` sets it up, at DEBUG, for the whole suite: structlog
+    lines and, through the stdlib bridge, librdkafka's and the test SMTP server's."""
+    with herald_logs("DEBUG", "json") as tap:
+        yield tap
+        _fail_on_clear_addresses(tap.take(), "after the last test")
+
+
+@pytest.fixture(autouse=True)
+def no_clear_address_logged(
+    herald_log_output: LogTap, request: pytest.FixtureRequest
+) -> Iterator[None]:
+    """Fails a test whose logs hold an email address in clear: what Herald wrote since the
+    previous test (module fixtures' lines included) and, for a test that captures structlog
+    entries instead, those entries as logged, before any redaction."""
+    entries: list[Any] = (
+        request.getfixturevalue("log_entries") if "log_entries" in request.fixturenames else []
+    )
+    yield
+    logged = "\n".join([herald_log_output.take(), *(str(e) for e in entries)])
+    _fail_on_clear_addresses(logged, "in this test's logs")
+
+
+def _fail_on_clear_addresses(text: str, where: str) -> None:
+    if leaked := clear_addresses(text):
+        pytest.fail(f"email addresses in clear {where}: {sorted(set(leaked))}", pytrace=False)
 
 
 def _docker_answers() -> bool:

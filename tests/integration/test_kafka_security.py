@@ -23,6 +23,7 @@ import pytest
 from service.app import Loaded
 from service.settings import Settings
 from service.testing import SmtpServer
+from tests.addresses import clear_addresses
 from tests.conftest import ROOT, example_record
 from tests.integration.conftest import (
     SaslSsl,
@@ -102,7 +103,7 @@ def test_a_wrong_password_fails_to_connect_and_is_never_logged(
     kafka_sasl_ssl: SaslSsl, tmp_path: Path
 ) -> None:
     """`herald run` with a wrong password reports the refused SASL authentication and never
-    starts; nothing it prints, at DEBUG, holds the password."""
+    starts; nothing it prints, at DEBUG, holds the password or an address in clear."""
     wrong = f"wrong-{secrets.token_urlsafe(12)}"
     prefix = f"it-{uuid.uuid4().hex[:8]}."
     env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
@@ -145,3 +146,4 @@ def test_a_wrong_password_fails_to_connect_and_is_never_logged(
     output = "".join(lines)
     assert "herald started" not in output
     assert wrong not in output
+    assert [] == clear_addresses(output)

@@ -28,6 +28,7 @@ from PIL import Image
 
 from service.settings import Settings
 from service.testing import SmtpServer, free_port
+from tests.addresses import clear_addresses
 from tests.conftest import EXAMPLES, ROOT
 from tests.integration.conftest import create_topics, integration_settings, produce, running
 from tests.ops.promql import (
@@ -241,6 +242,7 @@ def publish_examples(settings: Settings, event_types: list[str], workdir: Path) 
         check=False,
     )
     assert 0 == done.returncode, done.stdout + done.stderr
+    assert [] == clear_addresses(done.stdout + done.stderr)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
-"""`herald check-config`: a broken routing table stops with file, key and fix."""
+"""`herald check-config` and `herald run`: a broken routing table stops with file, key and fix;
+a setting that weakens security is warned of."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +65,33 @@ def test_check_config_rejects_a_bad_variable() -> None:
     out = _check({"HERALD_SMTP__TLS": "maybe"})
     assert 2 == out.returncode
     assert "environment: HERALD_SMTP__TLS" in out.stderr
+
+
+def test_unverified_certificates_are_warned_of_but_accepted() -> None:
+    """`check-config` prints the warning of `HERALD_SMTP__VALIDATE_CERTS=false` and passes."""
+    out = _check({"HERALD_SMTP__VALIDATE_CERTS": "false"})
+    assert 0 == out.returncode, out.stderr
+    assert "herald check-config: warning: HERALD_SMTP__VALIDATE_CERTS=false: " in out.stderr
+    assert "warning" not in _check({}).stderr
+
+
+def test_run_logs_the_warning_at_start_up(tmp_path: Path) -> None:
+    """`herald run` logs one warning line for it before anything else (here, before a missing
+    routing table stops it)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "service", "run"],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HERALD_SMTP__VALIDATE_CERTS": "false",
+            "HERALD_ROUTING_FILE": str(tmp_path / "absent.yaml"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 2 == out.returncode
+    first = json.loads(out.stderr.splitlines()[0])
+    assert ("warning", "configuration weakens security") == (first["level"], first["event"])
+    assert first["warning"].startswith("HERALD_SMTP__VALIDATE_CERTS=false: ")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 
+import pytest
+
 from service.app import Loaded
+from service.errors import ConfigError
 from service.outcomes.records import Outcome, OutcomeCodec, Status, decode_outcome
 
 AT = datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=UTC)
@@ -56,3 +61,31 @@ def test_record_holds_every_field_and_the_status_as_text() -> None:
     assert "FAILED" == record["status"]
     assert type(record["status"]) is str
     assert record["sent_at"] is outcome.sent_at
+
+
+def test_hashed_recipients_are_keyed_and_stable(loaded: Loaded) -> None:
+    """`hashed` is the HMAC-SHA-256 of the lower-cased address: the same for every spelling
+    under one key, different under another, and not the key-less SHA-256 of the address."""
+    schema = OutcomeCodec.outcome_schema(loaded.store)
+
+    def label(key: bytes, address: str) -> str:
+        codec = OutcomeCodec(
+            results_topic="r", schema=schema, recipient_mode="hashed", recipient_hash_key=key
+        )
+        return codec.recipient_label(address)
+
+    one, other = b"k" * 32, b"j" * 32
+    digest = label(one, "Ada@Example.com ")
+    assert hmac.new(one, b"ada@example.com", hashlib.sha256).hexdigest() == digest
+    assert digest == label(one, "ada@example.com")
+    assert digest != label(other, "ada@example.com")
+    assert digest != hashlib.sha256(b"ada@example.com").hexdigest()
+    assert label(one, "bob@example.com") != digest
+
+
+def test_hashed_recipients_without_a_key_are_refused(loaded: Loaded) -> None:
+    """A codec asked for hashes without a key stops start-up, naming the variable."""
+    schema = OutcomeCodec.outcome_schema(loaded.store)
+    with pytest.raises(ConfigError) as info:
+        OutcomeCodec(results_topic="r", schema=schema, recipient_mode="hashed")
+    assert "HERALD_MAIL__RECIPIENT_HASH_SECRET" == info.value.key

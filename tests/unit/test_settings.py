@@ -145,3 +145,162 @@ def test_secret_file_naming_no_setting_is_refused(
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert "HERALD_SECRETS_DIR" == info.value.key
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Herald\r\nBcc: eve@example.com",
+        "Her\nald",
+        "Tab\there",
+        "Esc\x1bape",
+        "D\x7fL",
+        "N\x85EL",
+        "Line\u2028separator",
+        "Para\u2029graph",
+    ],
+)
+def test_from_name_refuses_control_characters(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """C0 and C1 controls, DEL and the Unicode separators could start a header of their own."""
+    monkeypatch.setenv("HERALD_MAIL__FROM_NAME", name)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_MAIL__FROM_NAME" == info.value.key
+    assert f"U+{ord(next(c for c in name if not c.isprintable())):04X}" in info.value.problem
+    assert info.value.fix.startswith("set HERALD_MAIL__FROM_NAME to a name on one line")
+
+
+@pytest.mark.parametrize("name", ["Zoë & Co. — Ünïcode «Støre»", "O'Brien, Inc.", "日本の店"])
+def test_from_name_accepts_any_printable_text(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Punctuation and letters of any script are a display name, not an injection."""
+    monkeypatch.setenv("HERALD_MAIL__FROM_NAME", name)
+    assert name == load_settings().mail.from_name
+
+
+@pytest.mark.parametrize(
+    ("domain", "problem"),
+    [
+        ("mail.example.com\r\nBcc: eve@example.com", "is not a domain name"),
+        ("example.com>", "is not a domain name"),
+        ("mail example.com", "is not a domain name"),
+        ("-mail.example.com", "is not a domain name"),
+        ("mail-.example.com", "is not a domain name"),
+        ("mail..example.com", "is not a domain name"),
+        ("mail.example.com.", "is not a domain name"),
+        ("under_score.example.com", "is not a domain name"),
+        ("a" * 64 + ".example.com", "is not a domain name"),
+        (".".join(["a" * 60] * 5), "is not a domain name"),
+        ("exämple.com", "is not ASCII"),
+    ],
+)
+def test_message_id_domain_must_be_a_domain_name(
+    monkeypatch: pytest.MonkeyPatch, domain: str, problem: str
+) -> None:
+    """Only letters, digits and hyphens in dot-separated labels reach the Message-ID."""
+    monkeypatch.setenv("HERALD_MAIL__MESSAGE_ID_DOMAIN", domain)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_MAIL__MESSAGE_ID_DOMAIN" == info.value.key
+    assert info.value.problem.startswith(problem)
+    assert "HERALD_MAIL__MESSAGE_ID_DOMAIN" in info.value.fix
+
+
+@pytest.mark.parametrize(
+    "domain", ["mail.example.com", "MAIL-1.Example.COM", "xn--exmple-cua.com", "localhost"]
+)
+def test_message_id_domain_accepts_domain_names(
+    monkeypatch: pytest.MonkeyPatch, domain: str
+) -> None:
+    """A host name, in any case, and an IDNA A-label pass as they are."""
+    monkeypatch.setenv("HERALD_MAIL__MESSAGE_ID_DOMAIN", domain)
+    assert domain == load_settings().mail.message_id_domain
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("HERALD_SMTP__USERNAME", "herald"), ("HERALD_SMTP__PASSWORD", "hunter2")],
+)
+def test_credentials_are_refused_over_plain_smtp_to_another_host(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    """With TLS off, a user or a password is refused unless the relay is on this host; the
+    password is not shown."""
+    monkeypatch.setenv("HERALD_SMTP__HOST", "smtp.example.net")
+    monkeypatch.setenv("HERALD_SMTP__TLS", "none")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert variable == info.value.key
+    assert "smtp.example.net in clear" in info.value.problem
+    assert info.value.fix.startswith("set HERALD_SMTP__TLS=starttls")
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "tls"),
+    [
+        ("127.0.0.1", "none"),
+        ("127.8.9.10", "none"),
+        ("::1", "none"),
+        ("[::1]", "none"),
+        ("localhost", "none"),
+        ("LocalHost.", "none"),
+        ("smtp.example.net", "starttls"),
+        ("smtp.example.net", "implicit"),
+    ],
+)
+def test_credentials_are_accepted_over_tls_or_on_loopback(
+    monkeypatch: pytest.MonkeyPatch, host: str, tls: str
+) -> None:
+    """TLS, or a relay on 127.0.0.0/8, ::1 or `localhost`, may take credentials."""
+    monkeypatch.setenv("HERALD_SMTP__HOST", host)
+    monkeypatch.setenv("HERALD_SMTP__TLS", tls)
+    monkeypatch.setenv("HERALD_SMTP__USERNAME", "herald")
+    monkeypatch.setenv("HERALD_SMTP__PASSWORD", "hunter2")
+    assert "herald" == load_settings().smtp.username
+
+
+def test_plain_smtp_to_another_host_without_credentials_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`tls=none` itself stays allowed (a capture server on the network, as Compose's Mailpit)."""
+    monkeypatch.setenv("HERALD_SMTP__HOST", "mailpit")
+    monkeypatch.setenv("HERALD_SMTP__TLS", "none")
+    assert "mailpit" == load_settings().smtp.host
+
+
+def test_hashed_recipients_need_a_long_enough_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`hashed` without a key stops start-up with the variable and how to make a key; a short
+    key is refused without being shown; a key of 32 characters is taken."""
+    monkeypatch.setenv("HERALD_MAIL__RECIPIENT_IN_OUTCOMES", "hashed")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_MAIL__RECIPIENT_HASH_SECRET" == info.value.key
+    assert "required with HERALD_MAIL__RECIPIENT_IN_OUTCOMES=hashed" in info.value.problem
+    assert "openssl rand -hex 32" in info.value.fix
+    monkeypatch.setenv("HERALD_MAIL__RECIPIENT_HASH_SECRET", "short-key-31-characters-long-xx")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "HERALD_MAIL__RECIPIENT_HASH_SECRET" == info.value.key
+    assert "short-key" not in str(info.value)
+    monkeypatch.setenv("HERALD_MAIL__RECIPIENT_HASH_SECRET", "k" * 32)
+    secret = load_settings().mail.recipient_hash_secret
+    assert secret is not None
+    assert "k" * 32 == secret.get_secret_value()
+
+
+def test_a_key_alone_does_not_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key is accepted with `masked` too, so it can be deployed before the switch."""
+    monkeypatch.setenv("HERALD_MAIL__RECIPIENT_HASH_SECRET", "k" * 32)
+    assert "masked" == load_settings().mail.recipient_in_outcomes
+
+
+def test_unverified_smtp_certificates_give_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`VALIDATE_CERTS=false` works, with one warning naming the variable and the fix."""
+    from service.settings import config_warnings
+
+    assert [] == config_warnings(load_settings())
+    monkeypatch.setenv("HERALD_SMTP__VALIDATE_CERTS", "false")
+    (warning,) = config_warnings(load_settings())
+    assert warning.startswith("HERALD_SMTP__VALIDATE_CERTS=false: ")
+    assert "Fix: set HERALD_SMTP__CA_FILE" in warning
