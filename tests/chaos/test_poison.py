@@ -1,8 +1,8 @@
 """Poison records mixed with good ones: each gets exactly one outcome and blocks nothing.
 
 Garbage bytes, an unknown schema fingerprint, an empty value, a template that needs a variable
-the event lacks, CR/LF in a display name and in a field that goes into the subject, and a 10 MB
-field, spread among the good records of the same topics and keys. Good records must all be SENT
+the event lacks, a display name and a field over the string budget, and a 10 MB field, spread
+among the good records of the same topics and keys. Good records must all be SENT
 (FAILED for the `perm…` recipients the server refuses), poison DEAD_LETTERED with one copy on
 the dead-letter topic (the 10 MB record as `record_too_large`, over the default size limit).
 """

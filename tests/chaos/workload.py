@@ -43,8 +43,8 @@ POISON_KINDS = (
     "unknown_schema",
     "tombstone",
     "missing_variable",
-    "crlf_name",
-    "crlf_subject",
+    "oversized_name",
+    "oversized_field",
     "huge_field",
 )
 
@@ -166,21 +166,22 @@ class Workload:
             return self._event(
                 kind, "order.confirmed", user, allowed=POISON, payload__order_number=f"{TRAP}{user}"
             )
-        if kind == "crlf_name":
+        if kind == "oversized_name":
+            # Over processing.max_string_chars: dead-lettered as too_large before any work.
             return self._event(
                 kind,
                 "user.signed_up",
                 user,
                 allowed=POISON,
-                recipient__display_name="Eve\r\nBcc: everyone@example.com",
+                recipient__display_name="Eve " * 2000,
             )
-        if kind == "crlf_subject":
+        if kind == "oversized_field":
             return self._event(
                 kind,
                 "order.confirmed",
                 user,
                 allowed=POISON,
-                payload__order_number="A-1\r\nBcc: everyone@example.com",
+                payload__order_number="A-1" * 2000,
             )
         if kind == "huge_field":
             # Well-formed, but ten times processing.max_record_bytes: dead-lettered unread

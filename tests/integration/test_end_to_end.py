@@ -145,14 +145,18 @@ async def test_each_event_type_reaches_the_inbox_and_the_results_topic(
 async def test_bad_records_are_dead_lettered_and_do_not_block_the_rest(
     make_settings: Any, smtp: SmtpServer, loaded: Loaded
 ) -> None:
-    """Garbage, an unknown schema and a CR/LF in a name go to the dead-letter topic with their
-    reason and coordinates; the good records behind them (same partition) are delivered, every
-    record gets an outcome, and the committed offsets reach the end of the partition."""
+    """Garbage, an unknown schema and a name over the string budget go to the dead-letter topic
+    with their reason and coordinates; the good records behind them (same partition) are
+    delivered, one with a CR/LF in its display name cleaned rather than refused, every record
+    gets an outcome, and the committed offsets reach the end of the partition."""
     settings = make_settings()
     create_topics(settings)
     key = b"same-key-same-partition"
     _, v1 = _encoded(loaded, "user.signed_up", event_id="good-1")
     _, v2 = _encoded(loaded, "user.signed_up", event_id="good-2")
+    _, oversized = _encoded(
+        loaded, "user.signed_up", event_id="oversized", recipient_display_name="E" * 5000
+    )
     _, injected = _encoded(
         loaded,
         "user.signed_up",
@@ -166,8 +170,9 @@ async def test_bad_records_are_dead_lettered_and_do_not_block_the_rest(
             ("user.signed_up", key, v1),
             ("user.signed_up", key, b"\x00 not avro at all"),
             ("user.signed_up", key, unknown_schema),
-            ("user.signed_up", key, injected),
+            ("user.signed_up", key, oversized),
             ("user.signed_up", key, None),
+            ("user.signed_up", key, injected),
             ("user.signed_up", key, v2),
         ],
         headers=[("trace-id", b"abc")],
@@ -175,8 +180,8 @@ async def test_bad_records_are_dead_lettered_and_do_not_block_the_rest(
 
     async with running(settings) as herald:
         dead = await read_topic(settings, "herald.dead-letter", 4)
-        outcomes = _outcomes(loaded, await read_topic(settings, "notification.outcomes", 6))
-        await wait_for(lambda: len(smtp.received) >= 2, what="the two good mails")
+        outcomes = _outcomes(loaded, await read_topic(settings, "notification.outcomes", 7))
+        await wait_for(lambda: len(smtp.received) >= 3, what="the three good mails")
         _, metrics = await _scrape(herald.http_port or 0)
         ready_status, _ = await _scrape(herald.http_port or 0, "/readyz")
         ends = {p: end for p, end in end_offsets(settings, "user.signed_up").items() if end}
@@ -184,18 +189,17 @@ async def test_bad_records_are_dead_lettered_and_do_not_block_the_rest(
             lambda: ends == {p: committed(settings, "user.signed_up")[p] for p in ends},
             what="offsets committed to the end",
         )
-    assert [6] == list(ends.values())
+    assert [7] == list(ends.values())
 
-    assert ["alex.jordan@example.com"] * 2 == [r.envelope_to[0] for r in smtp.received]
-    assert [m.get("Bcc") for m in (r.message for r in smtp.received)] == [None, None]
+    assert ["alex.jordan@example.com"] * 3 == [r.envelope_to[0] for r in smtp.received]
+    assert [m.get("Bcc") for m in (r.message for r in smtp.received)] == [None, None, None]
+    assert "Eve Bcc: all@example.com" == smtp.received[1].message["To"].addresses[0].display_name
     by_offset = sorted(outcomes, key=lambda o: o["source_offset"])
-    assert ["SENT", "DEAD_LETTERED", "DEAD_LETTERED", "DEAD_LETTERED", "DEAD_LETTERED", "SENT"] == [
-        o["status"] for o in by_offset
-    ]
-    assert ["decode_error", "decode_error", "header_injection", "decode_error"] == [
+    statuses = ["SENT", *["DEAD_LETTERED"] * 4, "SENT", "SENT"]
+    assert statuses == [o["status"] for o in by_offset]
+    assert ["decode_error", "decode_error", "too_large", "decode_error"] == [
         o["reason"] for o in by_offset[1:5]
     ]
-    assert "inject" == by_offset[3]["event_id"]  # decoded, so the outcome knows the event
 
     reasons = []
     for m in dead:
@@ -205,13 +209,13 @@ async def test_bad_records_are_dead_lettered_and_do_not_block_the_rest(
         assert "abc" == h["trace-id"]  # original headers kept
         assert h["herald.detail"]
         assert key == m.key()
-    assert ["decode_error", "decode_error", "header_injection", "decode_error"] == reasons
+    assert ["decode_error", "decode_error", "too_large", "decode_error"] == reasons
     assert b"\x00 not avro at all" == dead[0].value()  # bytes untouched, ready for redrive
     assert 200 == ready_status
     assert 'herald_dead_letters_total{reason="decode_error"} 3.0' in metrics
-    assert 'herald_dead_letters_total{reason="header_injection"} 1.0' in metrics
+    assert 'herald_dead_letters_total{reason="too_large"} 1.0' in metrics
     assert (
-        f'herald_decode_failures_total{{topic="{settings.kafka.topic_prefix}user.signed_up"}} 3.0'
+        f'herald_decode_failures_total{{topic="{settings.kafka.topic_prefix}user.signed_up"}} 4.0'
         in metrics
     )
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from service.app import Loaded
 from service.events.schemas import encode_single_object
 from service.flow.loop_time import LoopTime
-from service.render.renderer import freeze_heap
 from service.outcomes.records import decode_outcome
+from service.render.renderer import freeze_heap
 from service.testing import SmtpServer, record
 from tests.conftest import example_record
 from tests.unit.test_flow import Rig
