@@ -22,8 +22,9 @@ from service.events.model import TopicBinding, check_envelope
 from service.events.schemas import SchemaStore
 from service.flow.handler import Handler
 from service.flow.lane import Lane
-from service.flow.messages import LocalMessages, Messages, Recipe, WorkerMessages
+from service.flow.messages import LocalMessages, Messages, Recipe
 from service.flow.plan import LanePlan, express_priority, plan_lanes
+from service.flow.workers import WorkerMessages
 from service.kafka.admin import ensure_topics
 from service.kafka.transactions import TransactionalProducer
 from service.metrics import Metrics

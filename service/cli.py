@@ -6,8 +6,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,65 +119,12 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     """Publish every example event with a fresh event id, then show the outcomes that come back."""
-    import confluent_kafka
+    from service.tools.demo import publish_examples, show_outcomes
 
-    from service.app import load
-    from service.events.schemas import encode_single_object
-    from service.outcomes.records import decode_outcome
-    from service.tools.examples import example_records
-
-    loaded = load(settings)
-    k = settings.kafka
-    producer = confluent_kafka.Producer({**k.librdkafka(), "enable.idempotence": True})
-    sent: dict[str, str] = {}
-    for event_type, record, _ in example_records(args.examples, loaded.store, loaded.table):
-        record["event_id"] = str(uuid.uuid4())
-        schema = loaded.store.reader(loaded.table.events[event_type].schema_)
-        assert schema is not None
-        topic = k.topic_prefix + loaded.table.topic_of(event_type)
-        producer.produce(
-            topic, encode_single_object(schema, record), key=record["recipient"]["user_id"].encode()
-        )
-        sent[record["event_id"]] = event_type
-        sys.stdout.write(f"published {event_type:<24} event_id={record['event_id']} -> {topic}\n")
-    if producer.flush(30):
-        raise HeraldError("demo events were not acknowledged by Kafka within 30 s")
+    sent = publish_examples(settings, args.examples, sys.stdout)
     if args.wait_s <= 0:
         return 0
-    consumer = confluent_kafka.Consumer(
-        {
-            **k.librdkafka(),
-            "group.id": f"herald-demo-{uuid.uuid4()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
-    consumer.subscribe([k.topic_prefix + k.results_topic])
-    deadline = time.monotonic() + args.wait_s
-    seen = 0
-    try:
-        expected = sum(len(loaded.table.routes[t]) for t in sent.values())
-        while seen < expected and time.monotonic() < deadline:
-            m = consumer.poll(0.5)
-            if m is None or m.error():
-                continue
-            o = decode_outcome(m.value() or b"", loaded.store)
-            if o["event_id"] in sent:
-                seen += 1
-                sys.stdout.write(
-                    f"outcome   {o['event_type']:<24} {o['notification_type']:<30} "
-                    f"{o['status']:<11} locale={o['locale']} to={o['recipient']} "
-                    f"smtp={o['smtp_code']}\n"
-                )
-    finally:
-        consumer.close()
-    if seen < expected:
-        sys.stdout.write(
-            f"only {seen} of {expected} outcomes within {args.wait_s} s: is `make run` running?\n"
-        )
-        return 1
-    return 0
+    return show_outcomes(settings, sent, args.wait_s, sys.stdout)
 
 
 def cmd_redrive(settings: Settings, args: argparse.Namespace) -> int:

@@ -228,17 +228,10 @@ def seven_bit(message: Email) -> Email:
     return dataclasses.replace(message, data=data)
 
 
-def compose(letter: Letter, mail: MailSettings, now: datetime) -> Email:
-    """Build the multipart/alternative message; cosmetic text is cleaned, the address strict.
-
-    Written out directly rather than through `email.message.EmailMessage`, which took most of
-    the CPU of a mail; tests parse the result back with the standard library.
-    """
-    to_addr = checked_address(letter.to_address)
-    domain = mail.message_id_domain or mail.from_address.rsplit("@", 1)[-1]
-    mid = message_id(letter.key, domain)
-    # "=_" cannot occur in base64; `_part` encodes a text holding the delimiter.
-    boundary = f"=_herald_{letter.key}"
+def _headers(
+    letter: Letter, mail: MailSettings, to_addr: str, mid: str, now: datetime
+) -> list[str]:
+    """The message's header lines but its Content-Type, folded."""
     headers = [
         f"From: {_address('From', mail.from_name, mail.from_address)}",
         f"To: {_address('To', cosmetic(letter.to_name, DISPLAY_NAME_MAX_CHARS), to_addr)}",
@@ -261,6 +254,21 @@ def compose(letter: Letter, mail: MailSettings, now: datetime) -> Email:
             raise MessageTooLarge("the unsubscribe URL does not fit a header line (998 octets)")
         headers.append(f"List-Unsubscribe: <{url}>")
         headers.append("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+    return headers
+
+
+def compose(letter: Letter, mail: MailSettings, now: datetime) -> Email:
+    """Build the multipart/alternative message; cosmetic text is cleaned, the address strict.
+
+    Written out directly rather than through `email.message.EmailMessage`, which took most of
+    the CPU of a mail; tests parse the result back with the standard library.
+    """
+    to_addr = checked_address(letter.to_address)
+    domain = mail.message_id_domain or mail.from_address.rsplit("@", 1)[-1]
+    mid = message_id(letter.key, domain)
+    # "=_" cannot occur in base64; `_part` encodes a text holding the delimiter.
+    boundary = f"=_herald_{letter.key}"
+    headers = _headers(letter, mail, to_addr, mid, now)
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     # ASCII but for a UTF-8 address, which RFC 6532 lets a header carry as is (SMTPUTF8).
     head = "\r\n".join(headers).encode()

@@ -69,6 +69,6 @@ def _render_workers() -> list[str]:
                 command = f.read().split(b"\0")
         except (OSError, ValueError):
             continue
-        if parent == os.getpid() and b"service.flow.messages" in command:
+        if parent == os.getpid() and b"service.flow.workers" in command:
             found.append(pid)
     return found

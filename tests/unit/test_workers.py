@@ -15,7 +15,8 @@ import pytest
 
 from service.app import Loaded
 from service.errors import ConfigError, InvalidLink, InvalidRecipientError, RenderTimeout
-from service.flow.messages import LocalMessages, Recipe, WorkerMessages, _pack, _unpack
+from service.flow.messages import LocalMessages, Recipe, pack, unpack
+from service.flow.workers import WorkerMessages
 from service.outcomes.records import now
 from service.routing import Notification, route
 from tests.conftest import ROOT, event_from_example, project_settings
@@ -48,7 +49,7 @@ def _with_subject(n: Notification, **payload: Any) -> Notification:
 def test_a_notification_crosses_to_a_worker_whole(loaded: Loaded) -> None:
     """What a worker rebuilds equals the notification it was sent."""
     for n in _notifications(loaded):
-        assert n == _unpack(_pack(n))
+        assert n == unpack(pack(n))
 
 
 async def test_workers_build_the_same_bytes_as_the_event_loop(loaded: Loaded) -> None:
