@@ -63,6 +63,10 @@ class Scale:
     """Records per second of the paced producer, so faults land while records flow."""
     timeout_s: int
     """pytest-timeout for one scenario."""
+    leader_moves: int = 2
+    """Rounds of partition-leader moves on the three-node cluster."""
+    broker_kills: int = 1
+    """Nodes of the three-node cluster killed with -9 (and restarted) per run."""
 
 
 TUNING = {
@@ -79,8 +83,10 @@ TUNING = {
 }
 """Herald's knobs, shortened to test time; `CHAOS_HERALD_<GROUP>__<KEY>` overrides any."""
 
-QUICK = Scale("quick", 300, 3, 2, 3.0, 3.0, 60.0, 2, 1, 100.0, 240)
-FULL = Scale("full", 4000, 8, 3, 20.0, 90.0, 300.0, 25, 2, 150.0, 1500)
+QUICK = Scale("quick", 300, 3, 2, 3.0, 3.0, 60.0, 2, 1, 100.0, 240, leader_moves=2, broker_kills=1)
+FULL = Scale(
+    "full", 4000, 8, 3, 20.0, 90.0, 300.0, 25, 2, 150.0, 1500, leader_moves=6, broker_kills=3
+)
 
 
 def capabilities() -> dict[str, bool]:
@@ -374,3 +380,50 @@ class Run:
 
     def logs(self) -> str:
         return "\n".join(inst.tail() for inst in self.instances.values())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Outage:
+    """A window in which Herald's writes are refused, judged once the run is over.
+
+    `broken()` once the fault holds, `sample()` the group's committed offsets while it does,
+    `restored()` when it ends; `check` goes into `Run.finish_checks`. It needs the results topic
+    to use `message.timestamp.type=LogAppendTime`: the broker's clock, not the producer's, so an
+    outcome produced during the fault and appended after it counts as written after it.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.samples: list[tuple[int, dict[tuple[str, int], int]]] = []
+        self.broken_ms = 0
+        self.restored_ms = 0
+
+    def broken(self) -> None:
+        self.broken_ms = now_ms()
+
+    def sample(self) -> None:
+        committed = infra.positions(self.run.bootstrap, self.run.group, self.run.input_topics)
+        self.samples.append((now_ms(), committed))  # read after the commits it saw
+
+    def restored(self) -> None:
+        self.restored_ms = now_ms()
+
+    def check(self, _: Report) -> dict[str, int]:
+        watcher = self.run.watcher
+        assert watcher is not None
+        first = {i: min(s.timestamp_ms for s in seen) for i, seen in watcher.by_record.items()}
+        early = 0  # committed past a record whose outcome was not written yet
+        for at_ms, committed in self.samples:
+            for r in self.run.workload.records:
+                if 0 <= r.offset < committed.get((r.topic, r.partition), -1):
+                    early += first.get(r.index, at_ms + 1) > at_ms
+        written = sum(  # allow a second for the fault to reach the partition leaders
+            1 for t in first.values() if self.broken_ms + 1000 <= t < self.restored_ms
+        )
+        return {
+            "offsets committed past records without a written outcome": early,
+            "outcomes written while writes were refused (fault not in effect?)": written,
+        }
