@@ -14,13 +14,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+import pytest
+
 from tests.chaos.checker import Report
 from tests.chaos.cluster import OFFSETS, TXN_STATE, KafkaCluster
 from tests.chaos.conftest import Chaos
 from tests.chaos.harness import Outage, Run
+from tests.chaos.process import HeraldCrashed
 
 AFTER_AN_ABORT = frozenset({"SENT", "DEDUPLICATED"})
 """An aborted transaction hands its records back; the store then knows they were accepted."""
+COORDINATOR_OUTAGE_HERALD_SURVIVES_S = 60.0
+"""The longest window below the minimum ISR that Herald outlasts: its calls are refused from the
+cut on, a silent client is replaced after 20 s and the new one gives up after 60 s more, so it
+exits about 80 s after the cut (docs/reliability.md, finding 11)."""
 LANE_SUFFIXES = ("", "-express", "-retry")
 """Added to an instance's transactional id per lane (service/flow/plan.py)."""
 
@@ -85,38 +92,61 @@ def test_broker_killed_mid_transaction(cluster_chaos: Chaos, cluster: KafkaClust
     ) as run:
         run.workload.good(scale.records, allowed=AFTER_AN_ABORT)
         run.finish_checks.append(_replicated(cluster, run))
-        run.produce(rate=scale.rate)
+        # Herald first and a quarter of the usual pace: each kill holds the run up for the
+        # node's restart and catching up, and every kill must still find records flowing.
         run.start("a")
+        run.produce(rate=scale.rate / 4)
         base = run.herald_env("a")["HERALD_KAFKA__TRANSACTIONAL_ID"]
         ids = [base + suffix for suffix in LANE_SUFFIXES]
         killed: list[int] = []
         led: list[int] = []
+        orphaned: list[int] = []
         pending: list[int] = []
         for i in range(scale.broker_kills):
-            run.wait_progress(0.2 + 0.6 * i / scale.broker_kills)
+            run.wait_progress(0.1 + 0.5 * i / scale.broker_kills)
             # The node coordinating most of the instance's transactional ids (one per lane).
             node = Counter(cluster.coordinator(t) for t in ids).most_common(1)[0][0]
             led.append(sum(v.leader == node for v in cluster.partitions().values()))
             pending.append(run.total - run.done())
             with run.fault("node killed (-9) until back in sync"):
                 cluster.kill(node)
-                run.sleep(scale.fault_s)
+                # Half a fault window: 1.5 s at quick scale, so the node is usually back
+                # before the controller fences it (broker.session.timeout.ms, 9 s) and its
+                # leaders move when it registers again; 10 s at full scale, so they move first.
+                run.sleep(scale.fault_s / 2)
+                orphaned.append(sum(v.leader == node for v in cluster.partitions().values()))
                 cluster.start_node(node)
                 cluster.wait_in_sync()
             killed.append(node)
         run.faults["nodes killed"] = killed
         run.faults["partitions the killed node led"] = led
+        run.faults["of which still led by it when restarted"] = orphaned
         run.faults["records without outcome at each kill"] = pending
         report = run.finish()
     assert not report.violations(), report.summary()
 
 
-def test_isr_below_minimum_and_restored(cluster_chaos: Chaos, cluster: KafkaCluster) -> None:
+def test_isr_below_minimum_and_restored(
+    cluster_chaos: Chaos, cluster: KafkaCluster, request: pytest.FixtureRequest
+) -> None:
     """Followers cut off from their leaders until every partition of the transaction-state and
     offsets topics has an ISR of one, below `min.insync.replicas=2`, then reconnected: Herald
     stalls, commits nothing ahead of its outcomes, and finishes once they are back in sync."""
     chaos = cluster_chaos
     scale = chaos.scale
+    if scale.outage_s > COORDINATOR_OUTAGE_HERALD_SURVIVES_S:
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                raises=HeraldCrashed,
+                reason=(
+                    "docs/reliability.md finding 11: with its transaction coordinator's log "
+                    "below min.insync.replicas for more than about 80 s, Herald exits 1 "
+                    "('another instance took over this transactional id'): init_transactions "
+                    "gives up after 60 s of COORDINATOR_NOT_AVAILABLE"
+                ),
+            )
+        )
     with chaos.run(
         "cluster: ISR below min.insync.replicas",
         bootstrap=cluster.bootstrap,
