@@ -217,6 +217,7 @@ class KafkaCluster:
             "KAFKA_NUM_PARTITIONS": "3",
         }
         self.down: set[int] = set()
+        self._writes: list[threading.Thread] = []
 
     def _cmd(self, *args: str, timeout_s: float = 180) -> str:
         done = subprocess.run(
@@ -233,9 +234,6 @@ class KafkaCluster:
             )
         return done.stdout
 
-    def log(self, node: int) -> Path:
-        return self.data_dir / f"node-{node}" / "broker.log"
-
     # -- nodes ----------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -243,6 +241,8 @@ class KafkaCluster:
         self.down.clear()
 
     def stop(self) -> None:
+        self.links.mend()  # the writes left waiting get their answers
+        self._join_writes()
         try:
             self._cmd("stop", timeout_s=120)
         finally:
@@ -329,11 +329,11 @@ class KafkaCluster:
             raise RuntimeError(f"unexpected move-leaders output: {out!r}")
         return lines[:-1]
 
-    def write_internal(self, offsets_topic: str) -> list[threading.Thread]:
+    def write_internal(self, offsets_topic: str) -> None:
         """One write into every partition of the transaction-state and offsets topics, which
         clients cannot produce to: an `InitProducerId` for a transactional id and an offset
         commit (for `offsets_topic`) of a group id that hash to each. The writes wait for
-        the followers, or fail, on the returned threads."""
+        the followers, or fail, on threads of their own, joined by `healthy` and `stop`."""
         parts = self.partitions([TXN_STATE, OFFSETS])
         sizes = Counter(t for t, _p in parts)
         threads = [
@@ -347,12 +347,18 @@ class KafkaCluster:
         ]
         for thread in threads:
             thread.start()
-        return threads
+        self._writes += threads
+
+    def _join_writes(self) -> None:
+        for thread in self._writes:
+            thread.join(60)
+        self._writes.clear()
 
     def healthy(self) -> None:
         """Every node up, the links whole and every partition in sync: where a scenario
         starts from, whatever the one before did."""
         self.links.mend()
+        self._join_writes()
         for node in sorted(self.down):
             self.start_node(node)
         self.wait_in_sync()

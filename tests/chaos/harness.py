@@ -175,6 +175,8 @@ class Run:
         }
         replicas = {self.results_topic: self._results_replicas} if self._results_replicas else {}
         infra.create_topics(self.bootstrap, topics, configs, replicas)
+        # Now, not only in the report: a run that crashes before its report can be replayed too.
+        print(f"\nchaos scenario {self.scenario} [{self.scale.name}, seed {self.seed}] starting")
         self.smtp.__enter__()
         return self
 
