@@ -63,10 +63,12 @@ class Scale:
     """Records per second of the paced producer, so faults land while records flow."""
     timeout_s: int
     """pytest-timeout for one scenario."""
-    leader_moves: int = 2
+    leader_moves: int
     """Rounds of partition-leader moves on the three-node cluster."""
-    broker_kills: int = 1
+    broker_kills: int
     """Nodes of the three-node cluster killed with -9 (and restarted) per run."""
+    broker_down_s: float
+    """How long a killed node stays down before its restart."""
 
 
 TUNING = {
@@ -83,10 +85,8 @@ TUNING = {
 }
 """Herald's knobs, shortened to test time; `CHAOS_HERALD_<GROUP>__<KEY>` overrides any."""
 
-QUICK = Scale("quick", 300, 3, 2, 3.0, 3.0, 60.0, 2, 1, 100.0, 240, leader_moves=2, broker_kills=1)
-FULL = Scale(
-    "full", 4000, 8, 3, 20.0, 90.0, 300.0, 25, 2, 150.0, 1500, leader_moves=6, broker_kills=3
-)
+QUICK = Scale("quick", 300, 3, 2, 3.0, 3.0, 60.0, 2, 1, 100.0, 240, 2, 1, 1.5)
+FULL = Scale("full", 4000, 8, 3, 20.0, 90.0, 300.0, 25, 2, 150.0, 1500, 6, 3, 15.0)
 
 
 def capabilities() -> dict[str, bool]:
