@@ -3,10 +3,11 @@
 #
 #   deploy/kafka/cluster.sh start|stop|status|reset|bootstrap
 #   deploy/kafka/cluster.sh kill NODE|stop-node NODE|start-node NODE|restart NODE
+#   deploy/kafka/cluster.sh move-leaders TOPIC...
 #
 # kill is SIGKILL, stop-node SIGTERM (a controlled shutdown); start-node starts a node that is
-# down, restart stops it first.
-#   deploy/kafka/cluster.sh move-leaders TOPIC...
+# down, restart stops it first. move-leaders moves every partition leader of the topics to
+# another in-sync replica.
 #
 # Every node is broker and controller, with static voters (controller.quorum.voters), so the
 # cluster lives while two nodes of three do. Topics get 3 replicas and min.insync.replicas=2
@@ -24,7 +25,7 @@
 #                                                        transaction markers)
 #   KAFKA_CLUSTER_REPLICATION_ADVERTISED_PORTS           where the other nodes reach that listener
 #                                                        (default: the same ports; the chaos
-#                                                        tests put a proxy they can cut there)
+#                                                        tests put a forwarder they can cut there)
 #   KAFKA_CLUSTER_DIR (<repo>/var/kafka-cluster), KAFKA_NUM_PARTITIONS (3),
 #   KAFKA_START_TIMEOUT_S (120), KAFKA_CLUSTER_HEAP_OPTS (-Xms128m -Xmx448m),
 #   KAFKA_JVM_OPTS (-XX:TieredStopAtLevel=1), HERALD_CACHE_DIR, JAVA_HOME.
