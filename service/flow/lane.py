@@ -311,7 +311,9 @@ class Lane:
                     records.extend(done[offset])
             result = await self.committer.commit(records, positions, self._client.group)
             if result is Committed.FENCED:
-                self._fatal = ConsumerFailed("another instance took over this transactional id")
+                self._fatal = ConsumerFailed(
+                    f"transactions cannot go on: {self.committer.fatal_error}"
+                )
             if result is not Committed.COMMITTED:
                 return
             self._tracker.committed(positions)

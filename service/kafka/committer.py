@@ -56,6 +56,8 @@ class Committer:
         self._metrics = metrics
         self._seconds = metrics.transaction_seconds.labels(lane)
         self._unreachable_at = unreachable_at
+        self.fatal_error = ""
+        """What ended this lane's transactions, once a commit came back FENCED."""
 
     async def commit(
         self, records: Sequence[Outbound], positions: dict[TP, int], group: Any
@@ -88,6 +90,7 @@ class Committer:
             return Committed.ABORTED
         except ProducerFenced as exc:
             self._log.error("producer fenced", error=str(exc))
+            self.fatal_error = str(exc)
             return Committed.FENCED
         self._seconds.observe(time.perf_counter() - began)
         self._metrics.transactions.labels("committed").inc()

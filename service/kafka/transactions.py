@@ -23,6 +23,15 @@ from service.logs import KAFKA_LOGGER
 
 log = structlog.get_logger("herald.kafka")
 _ABORT_BACKOFF_S = 0.25
+_BROKER_BUSY = frozenset(
+    {
+        KafkaError.CONCURRENT_TRANSACTIONS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.NOT_COORDINATOR,
+    }
+)
+"""Answers to init_transactions that mean the broker is busy with the id, not refusing it."""
 _CALL_S = 5
 """Timeout of each transactional call; init_transactions gets twice as long."""
 
@@ -79,8 +88,10 @@ class TransactionalProducer:
 
         CONCURRENT_TRANSACTIONS means the broker is still completing this id's previous
         transaction: its markers cannot be written yet, e.g. while a partition it wrote to is
-        below `min.insync.replicas`. The broker retries them until they can be, and no client
-        can hurry that, so it is waited for however long it takes. Other retriable errors
+        below `min.insync.replicas`. A coordinator that is not available cannot append to its
+        own log (the transaction-state topic below its minimum of in-sync replicas). The
+        broker gets over both by itself and no client can hurry it, so they are waited for
+        however long it takes (finding 11 in docs/reliability.md). Other retriable errors
         give up after `init_deadline_s`.
         """
         began = time.monotonic()
@@ -93,8 +104,7 @@ class TransactionalProducer:
             except KafkaException as exc:
                 self._returned()
                 err = exc.args[0]
-                previous_open = err.code() == KafkaError.CONCURRENT_TRANSACTIONS
-                if previous_open:
+                if err.code() in _BROKER_BUSY:
                     deadline = time.monotonic() + self._init_deadline_s
                 if err.fatal() or not err.retriable() or time.monotonic() > deadline:
                     raise ProducerFenced(f"init_transactions failed: {err.str()}") from exc
@@ -244,11 +254,11 @@ class TransactionalProducer:
             log.warning("transaction still in progress at close; left to the broker to abort")
             return
         try:
-            try:
-                self._producer.flush(self._settle_s)
-            except KafkaException as exc:  # fenced or fatal: nothing of ours is left to send
-                log.warning("transactional producer closed with an error", error=str(exc))
-            self._producer.close()
+            for step in (lambda: self._producer.flush(self._settle_s), self._producer.close):
+                try:
+                    step()
+                except KafkaException as exc:  # fenced or fatal: nothing of ours is left
+                    log.warning("transactional producer closed with an error", error=str(exc))
         finally:
             self._lock.release()
 

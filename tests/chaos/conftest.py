@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from service.app import Loaded
+from tests.chaos.cluster import KafkaCluster, kafka_cluster
 from tests.chaos.harness import FULL, QUICK, Run, Scale
 from tests.chaos.infra import DedicatedBroker, RedisServer, dedicated_broker
 from tests.chaos.workload import trapped_templates
@@ -125,10 +126,10 @@ class Chaos:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Any:
     report = yield
     if report.when == "call" and report.failed:
-        chaos = getattr(item, "funcargs", {}).get("chaos")
-        if isinstance(chaos, Chaos):
-            logs = "\n".join(run.logs() for run in chaos.runs)
-            report.sections.append(("herald logs (tails)", logs))
+        for chaos in getattr(item, "funcargs", {}).values():
+            if isinstance(chaos, Chaos):
+                logs = "\n".join(run.logs() for run in chaos.runs)
+                report.sections.append(("herald logs (tails)", logs))
     return report
 
 
@@ -142,6 +143,28 @@ def chaos(
     seed: int,
 ) -> Chaos:
     return Chaos(scale, seed, loaded, kafka_bootstrap, tmp_path, templates, [])
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three KRaft nodes (deploy/kafka/cluster.sh) for the scenarios of one module, which may
+    kill its nodes and cut the links between them."""
+    with kafka_cluster(tmp_path_factory.mktemp("kafka-cluster")) as started:
+        yield started
+
+
+@pytest.fixture
+def cluster_chaos(
+    cluster: KafkaCluster,
+    loaded: Loaded,
+    tmp_path: Path,
+    templates: Path,
+    scale: Scale,
+    seed: int,
+) -> Chaos:
+    """`chaos` on the three-node cluster, every node up and every partition in sync."""
+    cluster.healthy()
+    return Chaos(scale, seed, loaded, cluster.bootstrap, tmp_path, templates, [])
 
 
 @pytest.fixture

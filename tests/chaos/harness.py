@@ -63,6 +63,12 @@ class Scale:
     """Records per second of the paced producer, so faults land while records flow."""
     timeout_s: int
     """pytest-timeout for one scenario."""
+    leader_moves: int
+    """Rounds of partition-leader moves on the three-node cluster."""
+    broker_kills: int
+    """Nodes of the three-node cluster killed with -9 (and restarted) per run."""
+    broker_down_s: float
+    """How long a killed node stays down before its restart."""
 
 
 TUNING = {
@@ -79,8 +85,8 @@ TUNING = {
 }
 """Herald's knobs, shortened to test time; `CHAOS_HERALD_<GROUP>__<KEY>` overrides any."""
 
-QUICK = Scale("quick", 300, 3, 2, 3.0, 3.0, 60.0, 2, 1, 100.0, 240)
-FULL = Scale("full", 4000, 8, 3, 20.0, 90.0, 300.0, 25, 2, 150.0, 1500)
+QUICK = Scale("quick", 300, 3, 2, 3.0, 3.0, 60.0, 2, 1, 100.0, 240, 2, 1, 1.5)
+FULL = Scale("full", 4000, 8, 3, 20.0, 90.0, 300.0, 25, 2, 150.0, 1500, 6, 3, 15.0)
 
 
 def capabilities() -> dict[str, bool]:
@@ -169,6 +175,8 @@ class Run:
         }
         replicas = {self.results_topic: self._results_replicas} if self._results_replicas else {}
         infra.create_topics(self.bootstrap, topics, configs, replicas)
+        # Now, not only in the report: a run that crashes before its report can be replayed too.
+        print(f"\nchaos scenario {self.scenario} [{self.scale.name}, seed {self.seed}] starting")
         self.smtp.__enter__()
         return self
 
@@ -375,3 +383,50 @@ class Run:
 
     def logs(self) -> str:
         return "\n".join(inst.tail() for inst in self.instances.values())
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Outage:
+    """A window in which Herald's writes are refused, judged once the run is over.
+
+    `broken()` once the fault holds, `sample()` the group's committed offsets while it does,
+    `restored()` when it ends; `check` goes into `Run.finish_checks`. It needs the results topic
+    to use `message.timestamp.type=LogAppendTime`: the broker's clock, not the producer's, so an
+    outcome produced during the fault and appended after it counts as written after it.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.samples: list[tuple[int, dict[tuple[str, int], int]]] = []
+        self.broken_ms = 0
+        self.restored_ms = 0
+
+    def broken(self, at_ms: int | None = None) -> None:
+        """The fault holds from `at_ms` when it was seen to (a probe refused); else from a
+        second after now, the time a fault takes to reach the partition leaders."""
+        self.broken_ms = at_ms if at_ms is not None else now_ms() + 1000
+
+    def sample(self) -> None:
+        committed = infra.positions(self.run.bootstrap, self.run.group, self.run.input_topics)
+        self.samples.append((now_ms(), committed))  # read after the commits it saw
+
+    def restored(self) -> None:
+        self.restored_ms = now_ms()
+
+    def check(self, _: Report) -> dict[str, int]:
+        watcher = self.run.watcher
+        assert watcher is not None
+        first = {i: min(s.timestamp_ms for s in seen) for i, seen in watcher.by_record.items()}
+        early = 0  # committed past a record whose outcome was not written yet
+        for at_ms, committed in self.samples:
+            for r in self.run.workload.records:
+                if 0 <= r.offset < committed.get((r.topic, r.partition), -1):
+                    early += first.get(r.index, at_ms + 1) > at_ms
+        written = sum(1 for t in first.values() if self.broken_ms <= t < self.restored_ms)
+        return {
+            "offsets committed past records without a written outcome": early,
+            "outcomes written while writes were refused (fault not in effect?)": written,
+        }

@@ -11,6 +11,7 @@ import time
 
 from tests.chaos import infra
 from tests.chaos.conftest import Chaos
+from tests.chaos.harness import Outage
 from tests.chaos.infra import DedicatedBroker
 
 AFTER_AN_ABORT = frozenset({"SENT", "DEDUPLICATED"})
@@ -32,10 +33,6 @@ def test_broker_stopped_and_restarted(chaos: Chaos, own_broker: DedicatedBroker)
     assert not report.violations(), report.summary()
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def test_results_topic_unavailable(chaos: Chaos, own_broker: DedicatedBroker) -> None:
     """The results topic's partitions below `min.insync.replicas` for a while, then back:
     the broker answers NOT_ENOUGH_REPLICAS to every outcome write, as when the topic has lost
@@ -50,47 +47,28 @@ def test_results_topic_unavailable(chaos: Chaos, own_broker: DedicatedBroker) ->
         "results topic unavailable",
         bootstrap=own_broker.bootstrap,
         results_replicas=[[1, offline]] * 3,
-        # The broker's clock, not the producer's: an outcome produced during the fault and
-        # appended after it must count as written after it.
+        # The broker's clock, which Outage judges by.
         results_config={"message.timestamp.type": "LogAppendTime"},
     ) as run:
         run.workload.good(scale.records, allowed=AFTER_AN_ABORT)
         run.produce(rate=scale.rate)
         run.start("a")
         run.wait_progress(0.2)
-        samples: list[tuple[int, dict[tuple[str, int], int]]] = []
+        outage = Outage(run)
         with run.fault("results topic below min.insync.replicas"):
             infra.set_topic_config(run.bootstrap, run.results_topic, "min.insync.replicas", "2")
             # From when the leader refuses writes, not from the request: the change reaches it
             # asynchronously, and on a loaded machine seconds later.
-            broken_ms = infra.wait_until_refused(run.bootstrap, run.results_topic)
+            outage.broken(infra.wait_until_refused(run.bootstrap, run.results_topic))
             until = time.monotonic() + scale.outage_s
             while time.monotonic() < until:
                 run.sleep(0.5)
-                committed = infra.positions(run.bootstrap, run.group, run.input_topics)
-                samples.append((_now_ms(), committed))  # read after the commits it saw
+                outage.sample()
             pending = run.total - run.done()
             infra.set_topic_config(run.bootstrap, run.results_topic, "min.insync.replicas", None)
-            restored_ms = _now_ms()
+            outage.restored()
         run.faults["records without outcome when restored"] = pending
-
-        def offsets_held_back(_: object) -> dict[str, int]:
-            assert run.watcher is not None
-            first = {
-                i: min(s.timestamp_ms for s in seen) for i, seen in run.watcher.by_record.items()
-            }
-            early = 0  # committed past a record whose outcome was not written yet
-            for at_ms, committed in samples:
-                for r in run.workload.records:
-                    if 0 <= r.offset < committed.get((r.topic, r.partition), -1):
-                        early += first.get(r.index, at_ms + 1) > at_ms
-            written = sum(1 for t in first.values() if broken_ms <= t < restored_ms)
-            return {
-                "offsets committed past records without a written outcome": early,
-                "outcomes written while the topic refused them (fault not in effect?)": written,
-            }
-
-        run.finish_checks.append(offsets_held_back)
+        run.finish_checks.append(outage.check)
         report = run.finish()
     assert pending > 0, "the fault window ended with no record left to hold back: too short"
     assert not report.violations(), report.summary()
