@@ -7,7 +7,7 @@ HeraldError              retryable · server_wide · outcome_known · dead_lette
 │   │   └── RecordTooLarge           over processing.max_record_bytes: refused unread
 │   ├── RecordOverBudget             a string or array over its limit: refused before any work
 │   ├── RoutingError                 no route, or a condition or recipient path fails
-│   ├── RouteRemoved                 a retry ticket names a route the table no longer has
+│   ├── RouteRemoved                 a retry ticket names a route the table lacks
 │   ├── MalformedTicket              a retry record whose herald.* headers do not read
 │   ├── RenderError                  a template failed on the event's data
 │   └── HeaderInjectionError         CR/LF or another control character bound for a header
@@ -95,7 +95,7 @@ class RoutingError(RecordError):
 
 
 class RouteRemoved(RecordError):
-    """A retry round for a notification type the routing table no longer has."""
+    """A retry round for a notification type the routing table lacks."""
 
     reason = "route_removed"
 

@@ -228,7 +228,7 @@ class Connection:
 
     async def _body(self, data: bytes) -> aiosmtplib.SMTPResponse:
         """The body as composed: aiosmtplib's `data()` makes two regex passes over every body
-        (line endings, dot-stuffing), about 0.45 ms a mail here; `compose` already writes CRLF
+        (line endings, dot-stuffing); `compose` already writes CRLF
         lines, so `_on_the_wire` only checks that, and doubles the dots C-level."""
         with map_smtp_errors("data"):
             if self._replies is not None:

@@ -67,7 +67,7 @@ class OffsetTracker:
                 self._parts[tp].committed = pos
 
     def forget(self, tps: list[TopicPartition]) -> None:
-        """Drop partitions we no longer own; late completions for them are ignored."""
+        """Drop partitions this member lost; late completions for them are ignored."""
         for tp in tps:
             self._parts.pop(tp, None)
             self._next.pop(tp, None)

@@ -264,7 +264,7 @@ class TransactionalProducer:
 
 
 def _close(client: Any) -> None:
-    """Close a client that was given up on; what it reports is no longer of interest."""
+    """Close a client that was given up on; what it reports is of no interest."""
     try:
         client.close()
     except Exception as exc:  # e.g. RuntimeWarning raised as an error: its abort failed

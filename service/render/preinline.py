@@ -101,7 +101,7 @@ class Preinliner:
             self.reasons[name] = str(exc)
             return False
         except Exception as exc:  # whatever it is, per-message inlining is right
-            # A template Jinja cannot compile fails here too; render() reports it as before.
+            # A template Jinja cannot compile fails here too; render() reports it.
             self.reasons[name] = f"{type(exc).__name__}: {exc}"
             return False
         return True

@@ -57,9 +57,9 @@ class Rendered:
 def freeze_heap() -> None:
     """Hide what start-up built from the garbage collector: it lives as long as the process.
 
-    Compiled templates, schemas and CLDR data are most of the heap. Every full collection
-    walked them, ~45 ms on this machine with the event loop stopped, and set the latency
-    tail of the mail in flight then (docs/benchmarks.md). Called once a process is ready:
+    Compiled templates, schemas and CLDR data are most of the heap; a full collection would
+    walk them with the event loop stopped, the latency tail of the mail in flight then
+    (docs/benchmarks.md). Called once a process is ready:
     Herald by its command line, each render worker before it says so.
     """
     gc.collect()
@@ -129,7 +129,7 @@ class Renderer:
             loc: frozenset(d.name for d in (directory / loc).iterdir() if (d / PARTS[0]).is_file())
             for loc in self.locales
         }
-        """Templates of each locale: those with a subject.txt, as render() used to look for."""
+        """Templates of each locale: those with a subject.txt, read once at load."""
         self._template_locale = lru_cache(maxsize=4096)(self._first_locale)
         self.loader = FileSystemLoader(directory)
         self._env = self._environment(self.loader)
@@ -226,8 +226,8 @@ class Renderer:
         return chain
 
     def _first_locale(self, tag: str, template: str) -> str | None:
-        """First locale of `tag`'s chain that has `template`, from the tree read at load:
-        render() used to stat subject.txt on every mail."""
+        """First locale of `tag`'s chain that has `template`, from the tree read at load, so
+        no mail stats a file."""
         return next((loc for loc in self.locale_chain(tag) if template in self._found[loc]), None)
 
     def render(self, n: Notification) -> Rendered:

@@ -6,7 +6,7 @@ templates are parsed, not rendered: paths are followed through the Jinja2 AST, i
 variables (`{% for line in payload.lines %}` → `line.sku` is checked against the array's items)
 and `{% set %}` aliases. What cannot be typed statically (macro parameters, filter results) is
 left to the render-time StrictUndefined. Templates whose CSS is inlined into every mail rather
-than once at load are named too, as warnings: they work, at ~0.6 ms a mail.
+than once at load are named too, as warnings: they work, at a cost in every mail.
 """
 
 from __future__ import annotations
@@ -288,7 +288,9 @@ def css_fallbacks(loaded: Loaded) -> list[Problem]:
     """What works but costs: each template whose CSS is inlined into every mail rather than
     once at load, and why (the layout's comment says what keeps it at load)."""
     return [
-        Problem(f"{name}/body.html", f"CSS inlined per mail, not at load (~0.6 ms a mail): {why}")
+        Problem(
+            f"{name}/body.html", f"CSS inlined per mail, not at load (costs every mail): {why}"
+        )
         for name, why in sorted(loaded.renderer.css_fallbacks.items())
     ]
 
