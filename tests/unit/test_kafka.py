@@ -107,14 +107,24 @@ def test_init_waits_while_the_broker_completes_the_previous_transaction() -> Non
 
 
 def test_init_gives_up_on_other_retriable_errors_after_its_deadline() -> None:
-    """No coordinator for longer than the init deadline: reported, as before."""
+    """A request timing out for longer than the init deadline: reported, not waited for."""
     producer, client = _producer()
-    client.forever["init_transactions"] = NO_COORDINATOR
+    client.forever["init_transactions"] = TIMED_OUT
 
     with pytest.raises(ProducerFenced):
         producer.init()
 
     assert client.calls.count("init_transactions") <= 5
+
+
+def test_init_waits_while_the_coordinator_is_not_available() -> None:
+    """COORDINATOR_NOT_AVAILABLE past the init deadline is waited out (finding 11)."""
+    producer, client = _producer()
+    client.script["init_transactions"] = [NO_COORDINATOR] * 6  # 0.6 s > 0.3 s
+
+    producer.init()
+
+    assert 7 == client.calls.count("init_transactions")
 
 
 def test_a_commit_waiting_on_a_partition_is_resumed_not_aborted() -> None:
