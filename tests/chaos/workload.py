@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
@@ -278,6 +278,11 @@ def produce(
     _rewrite_unconfirmed(bootstrap, p, [r for r in records if r.partition >= 0], done, timeout_s)
 
 
+def _coordinates(m: confluent_kafka.Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed record without an error: it has all three."""
+    return cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
+
+
 def _rewrite_unconfirmed(
     bootstrap: str, p: Any, records: list[Planned], done: Any, timeout_s: float
 ) -> None:
@@ -305,11 +310,12 @@ def _rewrite_unconfirmed(
                 for m in c.consume(500, 0.5):
                     if m.error():
                         continue
-                    found = unknown.get((m.topic(), m.partition(), m.value()))
+                    topic, partition, offset = _coordinates(m)
+                    found = unknown.get((topic, partition, m.value()))
                     if found is not None:
-                        found.offset = m.offset()
-                    if m.offset() + 1 >= ends[(m.topic(), m.partition())]:
-                        seen.add((m.topic(), m.partition()))
+                        found.offset = offset
+                    if offset + 1 >= ends[(topic, partition)]:
+                        seen.add((topic, partition))
         finally:
             c.close()
         missing = [r for r in unknown.values() if r.offset is None or r.offset < 0]
