@@ -114,6 +114,7 @@ def from_cprofile(path: Path) -> tuple[Counter[str], Counter[str], int, Counter[
     buckets: Counter[str] = Counter()
     leaves: Counter[str] = Counter()
     total = 0
+    # The ignore: typeshed leaves out Stats.stats, the raw table pstats itself reads.
     for (file, line, func), (_, _, tt, _, callers) in stats.stats.items():  # type: ignore[attr-defined]
         us = int(tt * 1_000_000)
         if file == "~" and any(w in func for w in _CPROFILE_WAITS):

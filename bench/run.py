@@ -37,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import confluent_kafka
 
@@ -79,6 +79,25 @@ def log(msg: str) -> None:
     sys.stderr.flush()
 
 
+class ProcStats(TypedDict, total=False):
+    """One process over a window: its CPU and peak RSS; for a Herald instance also its render
+    workers, threads, scheduling, RSS samples and what its /metrics said."""
+
+    cpu_s: float
+    hwm_mib: float
+    workers_cpu_s: float
+    workers_hwm_mib: float
+    threads: dict[str, float]
+    main_runq_wait_share: float
+    main_on_cpu_share: float
+    vcpu_steal: float
+    rss_samples: list[tuple[float, int, float, float]]
+    paused_share: float
+    in_flight_mean: float
+    txn_ms_mean: float
+    txns: int
+
+
 @dataclass
 class Row:
     scenario: str
@@ -91,7 +110,7 @@ class Row:
     """N / (start of production → last acceptance), backlog scenarios."""
     latency_ms: dict[str, float] | None = None
     latency_note: str = ""
-    procs: dict[str, dict[str, float]] = field(default_factory=dict)
+    procs: dict[str, ProcStats] = field(default_factory=dict)
     """Per process: cpu_s, hwm_mib (peak RSS), rss_* samples."""
     other_load: float | None = None
     """Busy cores not explained by the benchmark's own processes during the window."""
@@ -133,10 +152,10 @@ class Window:
         self.busy0, self.total0 = machine_busy_seconds()
         self.t0 = time.monotonic()
 
-    def close(self) -> tuple[dict[str, dict[str, float]], float]:
+    def close(self) -> tuple[dict[str, ProcStats], float]:
         busy1, _ = machine_busy_seconds()
         elapsed = time.monotonic() - self.t0
-        procs = {}
+        procs: dict[str, ProcStats] = {}
         ours = 0.0
         for k, p in self.pids.items():
             cpu = cpu_seconds(p) - self.cpu0[k]
@@ -151,7 +170,7 @@ class Window:
                 procs[k]["workers_hwm_mib"] = round(max(memory_mb(c)["hwm"] for c in kids), 1)
             if k in self.threads0:
                 t1 = thread_cpu(p)
-                procs[k]["threads"] = {  # type: ignore[assignment]
+                procs[k]["threads"] = {
                     g: round(t1[g] - self.threads0[k].get(g, 0.0), 2) for g in t1
                 }
                 on, wait = main_thread_sched(p)
@@ -225,7 +244,7 @@ def rate(times: list[float]) -> tuple[float, float]:
 # --- reference points -------------------------------------------------------------------------
 
 
-def worker(ctx: Context, *argv: str) -> tuple[dict[str, Any], dict[str, dict[str, float]], float]:
+def worker(ctx: Context, *argv: str) -> tuple[dict[str, Any], dict[str, ProcStats], float]:
     """Run `python -m bench.workers ...`; returns its JSON, CPU/memory of it (whole process,
     from wait4's rusage), the sink and the broker over its run, and the other load."""
     import subprocess
@@ -424,7 +443,8 @@ def count_outcomes(
         while sum(statuses.values()) < expected and time.monotonic() < deadline:
             for m in c.consume(1000, 0.2):
                 if m.error() is None:
-                    statuses[decode_outcome(m.value(), store)["status"]] += 1
+                    # An outcome record always has a value.
+                    statuses[decode_outcome(cast(bytes, m.value()), store)["status"]] += 1
     finally:
         c.close()
     return statuses
@@ -586,7 +606,7 @@ def run_herald(ctx: Context, spec: HeraldRun) -> dict[str, Any]:
     procs, other = win.close()
     for h in heralds:
         samples = rss[h.name]
-        procs[h.name]["rss_samples"] = samples  # type: ignore[assignment]
+        procs[h.name]["rss_samples"] = samples
         g = [x for x in gauges[h.name] if x]
         if g:  # Herald's own view, sampled once a second
             procs[h.name]["paused_share"] = round(statistics.fmean(x["paused"] for x in g), 2)
@@ -810,7 +830,7 @@ def scenario_profile(ctx: Context, n: int) -> None:
     res = run_herald(ctx, HeraldRun("profile", 1, backlog=n, profile=prof_spec))
     row = _herald_row(ctx, "profile", f"Herald x1 under {kind}", res, paced=False)
     threads = row.procs["herald-0"]["threads"]
-    text = prof.summarise(data, kind, row.n, threads["main"], threads)  # type: ignore[index]
+    text = prof.summarise(data, kind, row.n, threads["main"], threads)
     (out.with_suffix(".txt")).write_text(text)
     row.extra["profile"] = str(out.with_suffix(".txt"))
     sys.stdout.write("\n" + text + "\n")
@@ -918,6 +938,7 @@ def goals(rows: dict[str, Row], naive: float | None, ceiling: float | None) -> l
 
 
 def main(argv: list[str] | None = None) -> int:
+    p: argparse.ArgumentParser | ProcStats  # below, `p` is a process's stats too
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,
@@ -1058,6 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             if needed:
                 by[name] = scenario_throughput(ctx, name, inst, n, env)
+        base: str | Row | None  # a scenario's name, then the row of `one`
         for name, base, inst in (("paced", "one", 1), ("paced2", "two", 2)):
             if name in wanted and (args.paced_rate or (base in by and by[base].throughput)):
                 r = args.paced_rate or by[base].throughput / 2
@@ -1095,7 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in ctx.rows:
         split = [
             f"{k} "
-            + ", ".join(f"{g} {v:.1f}" for g, v in p["threads"].items())  # type: ignore[union-attr]
+            + ", ".join(f"{g} {v:.1f}" for g, v in p["threads"].items())
             + (f", render workers {p['workers_cpu_s']:.1f}" if "workers_cpu_s" in p else "")
             for k, p in r.procs.items()
             if "threads" in p
@@ -1116,7 +1138,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"vCPU steal {p['vcpu_steal']:.2f} cores"
                 )
         if split and not r.scenario.endswith("-sec"):
-            mains = [p["threads"]["main"] for p in r.procs.values() if "threads" in p]  # type: ignore[index]
+            mains = [p["threads"]["main"] for p in r.procs.values() if "threads" in p]
             per = sum(mains) * 1000 / r.n if r.n else 0
             cap = (
                 f"; event-loop thread {per:.2f} ms CPU/msg = ~{1000 / per:,.0f} msg/s per free core"

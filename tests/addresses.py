@@ -19,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TextIO, cast
 
 import structlog
 
@@ -94,7 +95,7 @@ def herald_logs(level: str = "DEBUG", fmt: str = "json") -> Iterator[LogTap]:
     root = logging.getLogger()
     handlers, root_level = root.handlers[:], root.level
     tap = LogTap()
-    logs.configure(level, fmt, tap)
+    logs.configure(level, fmt, cast(TextIO, tap))  # write, flush and isatty are what it uses
     ours = root.handlers[-1]
     root.handlers[:0] = handlers  # pytest's own capture stays in place
     # Other fixtures (`log_entries`) swap the configuration for a test: a logger cached on its

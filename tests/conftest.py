@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
+from email.message import MIMEPart
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,13 @@ def event_from_example(loaded: Loaded, event_type: str, **recipient: Any) -> Eve
 def write_json(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+def body_part(msg: MIMEPart, subtype: str) -> MIMEPart:
+    """The message's text/`subtype` body part, as `get_body` finds it; none fails the test."""
+    part = msg.get_body((subtype,))
+    assert part is not None, f"no text/{subtype} part"
+    return part
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -72,7 +72,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
 )
 def scale(request: pytest.FixtureRequest) -> Scale:
-    return request.param  # type: ignore[no-any-return]
+    return cast(Scale, request.param)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from typing import Any
 import confluent_kafka
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
-from confluent_kafka.admin import (  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # imported there, not re-exported
     AdminClient,
     AlterConfigOpType,
     ConfigEntry,

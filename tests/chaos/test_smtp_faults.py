@@ -16,6 +16,7 @@ import pytest
 
 from tests.chaos.conftest import Chaos
 from tests.chaos.harness import Run
+from tests.chaos.smtp import Listener
 from tests.chaos.workload import GOOD
 
 MAYBE_UNKNOWN = frozenset({"SENT", "UNKNOWN"})
@@ -45,8 +46,8 @@ def _set(**faults: object) -> Callable[[Run], None]:
     return apply
 
 
-def _listener(which: str) -> Callable[[Run], None]:
-    return lambda run: run.smtp.set_listener(which)  # type: ignore[arg-type]
+def _listener(which: Listener) -> Callable[[Run], None]:
+    return lambda run: run.smtp.set_listener(which)
 
 
 FAULTS = [

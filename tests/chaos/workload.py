@@ -12,18 +12,18 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import confluent_kafka
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 
 from service.app import Loaded
 from service.delivery.mime import message_id
-from service.events.schemas import encode_single_object
+from service.events.schemas import StoredSchema, encode_single_object
 from service.routing import idempotency_key
 from tests.chaos.infra import client
 from tests.conftest import ROOT, example_record
@@ -100,7 +100,7 @@ class Workload:
         self._run = uuid.UUID(int=self._rng.getrandbits(128)).hex[:8]
         self.records: list[Planned] = []
 
-    def _schema(self, event_type: str):  # type: ignore[no-untyped-def]
+    def _schema(self, event_type: str) -> StoredSchema:
         schema = self._loaded.store.reader(self._loaded.table.events[event_type].schema_)
         assert schema is not None
         return schema
@@ -250,12 +250,13 @@ def produce(
     )
     failures: list[str] = []
 
-    def done(planned: Planned):  # type: ignore[no-untyped-def]
-        def cb(err, msg) -> None:  # type: ignore[no-untyped-def]
+    def done(planned: Planned) -> Callable[[KafkaError | None, Message], None]:
+        def cb(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 failures.append(f"record {planned.index}: {err}")
                 return
-            planned.partition, planned.offset = msg.partition(), msg.offset()
+            # Either may be None (librdkafka had none): _rewrite_unconfirmed looks for those.
+            planned.partition, planned.offset = msg.partition(), msg.offset()  # type: ignore[assignment]
 
         return cb
 
@@ -276,6 +277,11 @@ def produce(
     assert not failures, f"workload not produced: {failures[:5]}"
     assert left == 0, f"{left} workload records not acknowledged within {timeout_s} s"
     _rewrite_unconfirmed(bootstrap, p, [r for r in records if r.partition >= 0], done, timeout_s)
+
+
+def _coordinates(m: confluent_kafka.Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a consumed record without an error: it has all three."""
+    return cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())
 
 
 def _rewrite_unconfirmed(
@@ -305,11 +311,12 @@ def _rewrite_unconfirmed(
                 for m in c.consume(500, 0.5):
                     if m.error():
                         continue
-                    found = unknown.get((m.topic(), m.partition(), m.value()))
+                    topic, partition, offset = _coordinates(m)
+                    found = unknown.get((topic, partition, m.value()))
                     if found is not None:
-                        found.offset = m.offset()
-                    if m.offset() + 1 >= ends[(m.topic(), m.partition())]:
-                        seen.add((m.topic(), m.partition()))
+                        found.offset = offset
+                    if offset + 1 >= ends[(topic, partition)]:
+                        seen.add((topic, partition))
         finally:
             c.close()
         missing = [r for r in unknown.values() if r.offset is None or r.offset < 0]

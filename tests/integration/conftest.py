@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,8 +291,8 @@ async def running(settings: Settings, **kwargs: Any) -> AsyncIterator[Herald]:
 
 def produce(
     settings: Settings,
-    records: list[tuple[str, bytes | None, bytes | None]],
-    headers: list[tuple[str, bytes]] | None = None,
+    records: Sequence[tuple[str, bytes | None, bytes | None]],
+    headers: list[tuple[str, str | bytes | None]] | None = None,
 ) -> None:
     """Produce (topic suffix, key, value) records and wait for the broker's acknowledgement."""
     p = confluent_kafka.Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})

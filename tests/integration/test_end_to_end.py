@@ -12,7 +12,7 @@ from service.app import Loaded
 from service.events.schemas import encode_single_object
 from service.outcomes.records import decode_outcome
 from service.testing import SmtpServer
-from tests.conftest import example_record
+from tests.conftest import body_part, example_record
 from tests.integration.conftest import (
     committed,
     create_topics,
@@ -93,17 +93,17 @@ async def test_each_event_type_reaches_the_inbox_and_the_results_topic(
     assert "fr" == receipt["Content-Language"]
     assert "Camille Martin <camille.martin@example.com>" == receipt["To"]
     assert "Herald <no-reply@example.com>" == receipt["From"]
-    assert "42,85\xa0€" in receipt.get_body(("plain",)).get_content()
-    assert "42,85" in receipt.get_body(("html",)).get_content()
+    assert "42,85\xa0€" in body_part(receipt, "plain").get_content()
+    assert "42,85" in body_part(receipt, "html").get_content()
     activation = by_to["alex.jordan@example.com"]
     assert "Confirm your email address for Herald Demo" == activation["Subject"]
     assert (
         "https://app.example.com/activate?token=7Hq2vX9kLmP4"
-        in activation.get_body(("plain",)).get_content()
+        in body_part(activation, "plain").get_content()
     )
     alert = by_to["priya.shah@example.com"]
     assert alert["Subject"].startswith("Security alert")
-    assert "Porto, Portugal" in alert.get_body(("html",)).get_content()
+    assert "Porto, Portugal" in body_part(alert, "html").get_content()
 
     assert {"SENT"} == {o["status"] for o in outcomes}
     by_event = {o["event_id"]: o for o in outcomes}

@@ -10,7 +10,7 @@ from service.app import Loaded
 from service.events.schemas import encode_single_object
 from service.outcomes.records import decode_outcome
 from service.testing import SmtpServer
-from tests.conftest import example_record
+from tests.conftest import body_part, example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
 
 EVENTS = ["order.confirmed", "user.signed_up", "login.suspicious", "password.reset_requested"]
@@ -56,7 +56,7 @@ async def test_mail_rendered_in_workers_is_sent_and_accounted_for(
     assert {o["message_id"] for o in outcomes if o["status"] == "SENT"} == set(by_id)
     receipt = next(m for m in by_id.values() if m["To"].startswith("Camille"))
     assert "Votre commande A-10293 est confirmée" == receipt["Subject"]
-    assert "42,85\xa0€" in receipt.get_body(("plain",)).get_content()
+    assert "42,85\xa0€" in body_part(receipt, "plain").get_content()
 
 
 def _render_workers() -> list[str]:

@@ -11,11 +11,11 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro.schema
 import pytest
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import AsyncSchemaRegistryClient, Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -23,7 +23,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from service.app import Herald, Loaded, registry_client
 from service.settings import Settings
 from service.testing import SmtpServer
-from tests.conftest import ROOT, example_record
+from tests.conftest import ROOT, body_part, example_record
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
 
 EVENTS = ["order.confirmed", "user.signed_up", "login.suspicious"]
@@ -33,7 +33,9 @@ TOPIC = "user.signed_up"
 def _registered_form(schema_name: str) -> dict[str, Any]:
     """The project's schema file with the named types it uses inlined, docs and defaults kept:
     what a producer registers (the parsing canonical form would drop the defaults)."""
-    parsed = fastavro.schema.load_schema(str(ROOT / "schemas" / f"{schema_name}.avsc"))
+    parsed = cast(  # a record's schema: a dict
+        dict[str, Any], fastavro.schema.load_schema(str(ROOT / "schemas" / f"{schema_name}.avsc"))
+    )
     return {k: v for k, v in parsed.items() if k not in ("__fastavro_parsed", "__named_schemas")}
 
 
@@ -50,7 +52,10 @@ def _subject(settings: Settings, topic: str) -> str:
 
 def _serializer(client: SchemaRegistryClient, schema: dict[str, Any]) -> AvroSerializer:
     """A producer's serializer for an already registered schema: it looks the id up."""
-    return AvroSerializer(client, json.dumps(schema), conf={"auto.register.schemas": False})
+    return cast(  # mypy types the class Any: its __init__ is assigned from an unannotated method
+        AvroSerializer,
+        AvroSerializer(client, json.dumps(schema), conf={"auto.register.schemas": False}),
+    )
 
 
 def _encode(
@@ -80,7 +85,7 @@ def _outcomes(client: SchemaRegistryClient, settings: Settings, messages: list[A
 async def herald_on_the_registry(settings: Settings) -> AsyncIterator[Herald]:
     """Herald with the registry client it would make itself, closed afterwards: Herald does
     not close the one it makes, and its open connections would warn when collected."""
-    registry = registry_client(settings)
+    registry = cast(AsyncSchemaRegistryClient, registry_client(settings))  # settings name a URL
     try:
         async with running(settings, registry=registry) as herald:
             yield herald
@@ -199,7 +204,7 @@ async def test_backward_compatible_evolution_decodes_old_and_new_writers(
     assert {"written-with-v1": "SENT", "written-with-v2": "SENT"} == {
         o["event_id"]: o["status"] for o in outcomes
     }
-    bodies = [r.message.get_body(("plain",)).get_content() for r in smtp.received]
+    bodies = [body_part(r.message, "plain").get_content() for r in smtp.received]
     assert ["token=v1", "token=v2"] == sorted(
         t for b in bodies for t in ("token=v1", "token=v2") if t in b
     )

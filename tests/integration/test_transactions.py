@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import confluent_kafka
 import pytest
@@ -59,10 +60,11 @@ def _read_committed(bootstrap: str, topic: str) -> list[bytes]:
             if m is None:
                 continue
             if m.error() is not None:
-                if m.error().code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                code = cast(confluent_kafka.KafkaError, m.error()).code()  # not None: see above
+                if code == confluent_kafka.KafkaError._PARTITION_EOF:
                     return values
                 continue
-            values.append(m.value())
+            values.append(cast(bytes, m.value()))  # the test writes no record without one
         raise AssertionError(f"{topic}: no end of partition within 30 s")
     finally:
         c.close()

@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import aiosmtplib
 import pytest
@@ -46,7 +47,7 @@ async def connected(
             timeout=5,
             use_tls=False,
             start_tls=tls,
-            cert_bundle=str(server.ca_file) if tls else None,
+            cert_bundle=str(cast(TlsSmtpServer, server).ca_file) if tls else None,
         )
         await client.connect()
         try:

@@ -8,6 +8,7 @@ import importlib.metadata
 import re
 import sys
 import tomllib
+from typing import TYPE_CHECKING, cast
 
 from packaging.markers import Marker
 from packaging.requirements import Requirement
@@ -16,6 +17,9 @@ from packaging.version import Version
 
 from service.app import registry_client
 from tests.conftest import ROOT, project_settings
+
+if TYPE_CHECKING:  # for the checker only: importing it is what registry_client is tested on
+    from confluent_kafka.schema_registry import AsyncSchemaRegistryClient
 
 _PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)(?: ; ([^\\\n]+?))?\s*\\?$", re.MULTILINE)
 """`name==version`, and the environment marker of a universal lock's line, if any."""
@@ -44,7 +48,7 @@ def _imports(*, module_level: bool) -> set[str]:
     """Top-level names of the third-party modules service/ imports at module level, or inside
     functions (the lazy imports of optional commands such as `herald outbox`) and in the
     test-only modules."""
-    found = set()
+    found: set[str] = set()
     for path in (ROOT / "service").rglob("*.py"):
         if module_level and path in TEST_ONLY:
             continue
@@ -111,7 +115,10 @@ def test_the_installed_environment_matches_the_dev_lock() -> None:
 
 async def test_the_schema_registry_client_needs_only_the_schemaregistry_extra() -> None:
     """The client Herald builds imports with the extra's dependencies; `avro` is not locked."""
-    client = registry_client(project_settings(registry={"url": "http://127.0.0.1:1"}))
+    client = cast(  # given a URL, registry_client makes one
+        "AsyncSchemaRegistryClient",
+        registry_client(project_settings(registry={"url": "http://127.0.0.1:1"})),
+    )
     assert "AsyncSchemaRegistryClient" == type(client).__name__
     await client.aclose()
     confluent = next(r for r in _declared() if canonicalize_name(r.name) == "confluent-kafka")

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -210,7 +211,8 @@ async def test_sqlite_full_file_is_store_unavailable_and_the_store_recovers(
     """A write failing inside the transaction (the file may not grow: SQLITE_FULL, produced
     with `max_page_count`) rolls it back, so the next write can begin one of its own."""
     async with SqliteStore(tmp_path / "keys.sqlite3", retention_h=1) as s:
-        db = s._db  # the store's own connection: the limit applies to it only
+        # `async with` gives an IdempotencyStore (its __aenter__ is not annotated with Self).
+        db = cast(SqliteStore, s)._db  # the store's own connection: the limit applies to it only
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         db.execute(f"PRAGMA max_page_count = {pages}")
 

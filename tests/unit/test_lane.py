@@ -70,6 +70,7 @@ async def test_records_awaiting_their_commit_do_not_use_the_processing_budget(
     lane = _lane(lane_of, 4, Switch())
 
     def paused(processing: int, finished: int, full_for_s: float = 0) -> bool:
+        # The ignore: stand-ins for the tasks, of which the lane reads only how many there are.
         lane._tasks = {object() for _ in range(processing)}  # type: ignore[misc]
         lane._done = {TP: {offset: [] for offset in range(finished)}}
         if full_for_s:

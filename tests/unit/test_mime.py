@@ -21,7 +21,7 @@ from service.flow.messages import letter_for
 from service.render.renderer import Rendered
 from service.routing import Category, Notification, Priority, route
 from service.settings import MailSettings
-from tests.conftest import event_from_example, make_event
+from tests.conftest import body_part, event_from_example, make_event
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 MAIL = MailSettings(from_address="no-reply@shop.example", from_name="Shop")
@@ -34,7 +34,7 @@ def _compose(n: Notification, r: Rendered, mail: MailSettings, now: datetime) ->
 PARTS = Rendered(subject="Votre commande — reçue", html="<p>é</p>", text="é\n", locale="fr")
 
 
-def _n(loaded: Loaded, **recipient: object):
+def _n(loaded: Loaded, **recipient: object) -> Notification:
     (n,) = route(event_from_example(loaded, "order.confirmed", **recipient), loaded.table)
     return n
 
@@ -56,7 +56,7 @@ def _bare(name: str | None, key: str) -> Notification:
 
 
 def _parse(data: bytes) -> email.message.EmailMessage:
-    return email.message_from_bytes(data, policy=email.policy.default)  # type: ignore[return-value]
+    return email.message_from_bytes(data, policy=email.policy.default)
 
 
 def test_message_parses_back_with_every_header_and_both_parts(loaded: Loaded) -> None:
@@ -70,8 +70,8 @@ def test_message_parses_back_with_every_header_and_both_parts(loaded: Loaded) ->
     assert "fr" == msg["Content-Language"]
     assert "auto-generated" == msg["Auto-Submitted"]
     assert "multipart/alternative" == msg.get_content_type()
-    assert "é\n" == msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
-    assert "<p>é</p>" in msg.get_body(("html",)).get_content()
+    assert "é\n" == body_part(msg, "plain").get_content().replace("\r\n", "\n")
+    assert "<p>é</p>" in body_part(msg, "html").get_content()
     assert all(line.endswith(b"\r") or not line for line in m.data.split(b"\n")[:-1])
     assert max(len(line) for line in m.data.split(b"\r\n")) <= 998  # RFC 5322 2.1.1
 
@@ -153,7 +153,8 @@ DELIMITER = f"--=_herald_{KEY}"
 """The boundary delimiter of a message for a notification keyed `KEY`."""
 
 _text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"),
+    # A 1-tuple gets no Collection[Literal] context in mypy (python/mypy#8921): ("Cs",) is right.
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\x00"),  # type: ignore[arg-type]
     max_size=400,
 )
 _ascii = st.text(alphabet=st.characters(max_codepoint=127, blacklist_characters="\r\x00"))
@@ -185,7 +186,7 @@ def _encoding_for(text: str) -> str:
 def _read_back(msg: email.message.EmailMessage, subtype: str) -> tuple[str, str]:
     """A part's encoding and text as the parser gives them; a part sent as is keeps the CRLFs
     it was sent with, which `compose` made from the rendered text's LFs."""
-    part = msg.get_body((subtype,))
+    part = body_part(msg, subtype)
     encoding = part["Content-Transfer-Encoding"]
     content = part.get_content()
     return encoding, content if encoding == "base64" else content.replace("\r\n", "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,14 +22,16 @@ from jinja2.sandbox import SandboxedEnvironment
 from service.app import Loaded, load
 from service.errors import ConfigError, RenderError
 from service.flow.messages import build
-from service.render.renderer import PARTS, Renderer, _Sandbox
+from service.render.renderer import PARTS, Rendered, Renderer, _Sandbox
 from service.render.wrap import wordwrap as _wordwrap
 from service.routing import route
 from service.settings import BrandSettings, MailSettings
 from tests.conftest import ROOT, event_from_example, project_settings
 
 
-def _render(loaded: Loaded, event_type: str, renderer: Renderer | None = None, **recipient: object):
+def _render(
+    loaded: Loaded, event_type: str, renderer: Renderer | None = None, **recipient: object
+) -> Rendered:
     event = event_from_example(loaded, event_type, **recipient)
     n = next(n for n in route(event, loaded.table) if n.condition_met)
     return (renderer or loaded.renderer).render(n)
@@ -229,11 +232,17 @@ def test_warm_compiles_every_template_before_the_first_mail(loaded: Loaded) -> N
     for env in (renderer._env, renderer._preinlined_env):
         original = env.compile
 
-        def spy(source: str, name: str | None = None, *args: object, original=original) -> object:
+        def spy(
+            source: str,
+            name: str | None = None,
+            *args: object,
+            original: Callable[..., object] = original,
+        ) -> object:
             compiled.append(name)
             return original(source, name, *args)
 
-        env.compile = spy  # type: ignore[method-assign]
+        # A spy in the place of a method: it does not repeat jinja2's overloads of compile.
+        env.compile = spy  # type: ignore[method-assign,assignment]
     for event_type, _ in ROUTES:
         for locale in ("en", "fr"):
             _render(loaded, event_type, renderer=renderer, locale=locale)
@@ -245,7 +254,7 @@ def test_warm_loads_the_formats_of_every_template_locale(
 ) -> None:
     """Babel reads a locale's data on first use; `warm()` makes that use, not the first mail."""
     formatted: list[str] = []
-    real = babel.numbers.format_currency
+    real: Callable[..., str] = babel.numbers.format_currency
 
     def spy(*args: Any, locale: Any, **kwargs: Any) -> str:
         formatted.append(str(locale))

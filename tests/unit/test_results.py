@@ -11,7 +11,8 @@ import pytest
 
 from service.app import Loaded
 from service.errors import ConfigError
-from service.outcomes.records import Outcome, OutcomeCodec, Status, decode_outcome
+from service.outcomes.records import Outcome, OutcomeCodec, decode_outcome
+from service.outcomes.status import Status
 
 AT = datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import ConfigError, RoutingError
-from service.routing import Category, idempotency_key, load_table, route
+from service.routing import Category, RoutingTable, idempotency_key, load_table, route
 from tests.conftest import ROOT, make_event
 
 GOOD = """
@@ -32,7 +32,7 @@ events:
 """
 
 
-def _table(tmp_path: Path, text: str = GOOD):
+def _table(tmp_path: Path, text: str = GOOD) -> RoutingTable:
     path = tmp_path / "routing.yaml"
     path.write_text(text)
     return load_table(path)

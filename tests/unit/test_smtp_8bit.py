@@ -24,7 +24,7 @@ from service.render.renderer import Rendered
 from service.routing import Notification, route
 from service.settings import MailSettings, SmtpSettings
 from service.testing import RecordingHandler, free_port
-from tests.conftest import event_from_example
+from tests.conftest import body_part, event_from_example
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 MAIL = MailSettings(from_address="no-reply@shop.example", from_name="Shop")
@@ -86,7 +86,7 @@ def _parts(data: bytes) -> list[str]:
     msg = email.message_from_bytes(data, policy=email.policy.default)
     texts = []
     for subtype in ("plain", "html"):
-        part = msg.get_body((subtype,))  # type: ignore[attr-defined]
+        part = body_part(msg, subtype)
         text = part.get_content()
         base64 = part["Content-Transfer-Encoding"] == "base64"
         texts.append(text if base64 else text.replace("\r\n", "\n"))
