@@ -243,10 +243,8 @@ def naive(args: argparse.Namespace) -> None:
     import css_inline
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-    # The ignore marks a real fault, left for the benchmark's owner: service.rendering is now
-    # service.render.renderer (5d76e6b) and .formats (bd071ba): the naive scenario fails here.
-    from service import rendering  # type: ignore[attr-defined]
     from service.events.decoder import EventDecoder
+    from service.render import formats, renderer
     from service.routing import route
 
     loaded = _loaded(args.routing)
@@ -268,17 +266,8 @@ def naive(args: argparse.Namespace) -> None:
         lstrip_blocks=True,
     )
     env.filters.update(
-        money=rendering._money,
-        datetime=rendering._dt_filter("datetime"),
-        date=rendering._dt_filter("date"),
-        time=rendering._dt_filter("time"),
-        country=rendering._country,
-        number=rendering._number,
-        percent=rendering._percent,
+        formats.FILTERS,
     )
-    from zoneinfo import ZoneInfo
-
-    import babel
 
     brand = loaded.renderer._brand
     c = _consumer(
@@ -290,13 +279,11 @@ def naive(args: argparse.Namespace) -> None:
         r = n.recipient
         lang = r.locale.split("-")[0].lower()
         loc = lang if (ROOT / "templates" / lang / n.template).is_dir() else "en"
-        rendering._audience.set(
-            (babel.Locale.parse(r.locale.replace("-", "_")), ZoneInfo(r.time_zone))
-        )
-        ctx = {**rendering.template_context(n, brand), "unsubscribe_url": None}
-        subject = env.get_template(f"{loc}/{n.template}/subject.txt").render(ctx).strip()
-        html = css_inline.inline(env.get_template(f"{loc}/{n.template}/body.html").render(ctx))
-        text = env.get_template(f"{loc}/{n.template}/body.txt").render(ctx)
+        ctx = {**renderer.template_context(n, brand), "unsubscribe_url": None}
+        with formats.audience(r.locale, loc, r.time_zone):
+            subject = env.get_template(f"{loc}/{n.template}/subject.txt").render(ctx).strip()
+            html = css_inline.inline(env.get_template(f"{loc}/{n.template}/body.html").render(ctx))
+            text = env.get_template(f"{loc}/{n.template}/body.txt").render(ctx)
         msg = EmailMessage()
         msg["From"] = "Herald <no-reply@example.com>"
         msg["To"] = r.email
