@@ -20,6 +20,23 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
 _TICK = os.sysconf("SC_CLK_TCK")
+UNSUBSCRIBE_KEY = "bench-only-unsubscribe-key-not-a-secret-0123456789"
+"""Signs the benchmark's unsubscribe links: optional routes need a key."""
+
+
+def load_herald(routing: Path) -> Any:
+    """Herald's loaded config as the benchmark runs it: the repo's schemas and templates."""
+    from service.app import load
+    from service.settings import Settings
+
+    return load(
+        Settings(
+            routing_file=routing,
+            schemas_dir=ROOT / "schemas",
+            templates_dir=ROOT / "templates",
+            links={"unsubscribe_secret": UNSUBSCRIBE_KEY},
+        )
+    )
 
 
 def free_port() -> int:
@@ -226,7 +243,7 @@ class Herald:
                 "HERALD_SMTP__POOL_SIZE": str(pool),
                 "HERALD_SMTP__LOCAL_HOSTNAME": "bench.local",
                 "HERALD_LOG__LEVEL": "WARNING",
-                "HERALD_LINKS__UNSUBSCRIBE_SECRET": "bench-only-unsubscribe-key",
+                "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_KEY,
                 "HERALD_IDEMPOTENCY__PATH": str(workdir / f"idempotency-{instance}.sqlite3"),
                 "HERALD_HTTP__HOST": "127.0.0.1",
             }

@@ -49,6 +49,7 @@ from bench.procs import (
     Herald,
     children,
     cpu_seconds,
+    load_herald,
     machine,
     machine_busy_seconds,
     main_thread_sched,
@@ -1027,14 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
             f"the routing table has no optional mail yet: the priority scenario routes "
             f"{roles['bench_only_route']} as `activity` (bench-only route)"
         )
-    from service.app import load
-    from service.settings import Settings
-
-    loaded = load(
-        Settings(
-            routing_file=routing, schemas_dir=ROOT / "schemas", templates_dir=ROOT / "templates"
-        )
-    )
+    loaded = load_herald(routing)
     _STORE.append(loaded.store)
     broker = Broker(tmp / "kafka", partitions=args.partitions)
     log(f"starting the broker on {broker.bootstrap} ...")

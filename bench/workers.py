@@ -33,14 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _loaded(routing: Path) -> Any:
-    from service.app import load
-    from service.settings import Settings
+    from bench.procs import load_herald
 
-    return load(
-        Settings(
-            routing_file=routing, schemas_dir=ROOT / "schemas", templates_dir=ROOT / "templates"
-        )
-    )
+    return load_herald(routing)
 
 
 def _emit(result: dict[str, Any]) -> None:
