@@ -32,6 +32,7 @@ from service.settings.groups import (
     SmtpSettings,
     _Refused,
 )
+from service.settings.policy import PolicySettings, PublicSettings
 
 __all__ = [
     "UNSUBSCRIBE_FIELDS",
@@ -42,7 +43,9 @@ __all__ = [
     "LinkSettings",
     "LogSettings",
     "MailSettings",
+    "PolicySettings",
     "ProcessingSettings",
+    "PublicSettings",
     "RegistrySettings",
     "RetrySettings",
     "Settings",
@@ -79,6 +82,8 @@ class Settings(BaseSettings):
     idempotency: IdempotencySettings = IdempotencySettings()
     retry: RetrySettings = RetrySettings()
     log: LogSettings = LogSettings()
+    policy: PolicySettings = PolicySettings()
+    public: PublicSettings = PublicSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -288,9 +288,7 @@ def css_fallbacks(loaded: Loaded) -> list[Problem]:
     """What works but costs: each template whose CSS is inlined into every mail rather than
     once at load, and why (the layout's comment says what keeps it at load)."""
     return [
-        Problem(
-            f"{name}/body.html", f"CSS inlined per mail, not at load (costs every mail): {why}"
-        )
+        Problem(f"{name}/body.html", f"CSS inlined per mail, not at load (costs every mail): {why}")
         for name, why in sorted(loaded.renderer.css_fallbacks.items())
     ]
 
