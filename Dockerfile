@@ -30,12 +30,14 @@ RUN python3 -m venv /opt/herald \
 COPY deploy/routing.yaml /etc/herald/routing.yaml
 COPY schemas/ /usr/share/herald/schemas/
 COPY templates/ /usr/share/herald/templates/
-# The key is for this check alone (optional routes need one to load); it does not stay in the
-# image, whose deployment provides its own (HERALD_LINKS__UNSUBSCRIBE_SECRET, a secret file).
+# The keys are for this check alone (Herald needs them to load); they do not stay in the image,
+# whose deployment provides its own (HERALD_LINKS__UNSUBSCRIBE_SECRET and
+# HERALD_POLICY__ADDRESS_KEY, secret files).
 RUN HERALD_ROUTING_FILE=/etc/herald/routing.yaml \
     HERALD_SCHEMAS_DIR=/usr/share/herald/schemas \
     HERALD_TEMPLATES_DIR=/usr/share/herald/templates \
     HERALD_LINKS__UNSUBSCRIBE_SECRET=build-check-only \
+    HERALD_POLICY__ADDRESS_KEY=build-check-only-not-a-real-address-key \
     /opt/herald/bin/herald check
 
 FROM ${PYTHON_IMAGE}

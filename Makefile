@@ -12,7 +12,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(DEV_LOCK) | cksum | cu
 BROKER := deploy/kafka/broker.sh
 # Optional mail needs a key for its signed unsubscribe links; the local targets use this one
 # unless the environment gives another (production sets HERALD_LINKS__UNSUBSCRIBE_SECRET).
-LOCAL_KEY := HERALD_LINKS__UNSUBSCRIBE_SECRET=$${HERALD_LINKS__UNSUBSCRIBE_SECRET:-local-development-only}
+LOCAL_KEY := HERALD_LINKS__UNSUBSCRIBE_SECRET=$${HERALD_LINKS__UNSUBSCRIBE_SECRET:-local-development-only} \
+	HERALD_POLICY__ADDRESS_KEY=$${HERALD_POLICY__ADDRESS_KEY:-local-development-only-address-key}
 REGISTRY := deploy/registry/registry.sh
 # Tools built or fetched once, outside the repository (as deploy/kafka/broker.sh does the jars).
 TOOLS  := $(or $(HERALD_CACHE_DIR),$(HOME)/.cache/herald)/bin

@@ -22,6 +22,8 @@ BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
 _TICK = os.sysconf("SC_CLK_TCK")
 UNSUBSCRIBE_KEY = "bench-only-unsubscribe-key-not-a-secret-0123456789"
 """Signs the benchmark's unsubscribe links: optional routes need a key."""
+ADDRESS_KEY = "bench-only-address-key-not-a-secret-0123456789"
+"""Keys the benchmark's suppression digests."""
 
 
 def load_herald(routing: Path) -> Any:
@@ -35,6 +37,7 @@ def load_herald(routing: Path) -> Any:
             schemas_dir=ROOT / "schemas",
             templates_dir=ROOT / "templates",
             links={"unsubscribe_secret": UNSUBSCRIBE_KEY},
+            policy={"address_key": ADDRESS_KEY},
         )
     )
 
@@ -244,6 +247,8 @@ class Herald:
                 "HERALD_SMTP__LOCAL_HOSTNAME": "bench.local",
                 "HERALD_LOG__LEVEL": "WARNING",
                 "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_KEY,
+                "HERALD_POLICY__ADDRESS_KEY": ADDRESS_KEY,
+                "HERALD_POLICY__STATE_PATH": str(workdir / f"policy-{instance}.sqlite3"),
                 "HERALD_IDEMPOTENCY__PATH": str(workdir / f"idempotency-{instance}.sqlite3"),
                 "HERALD_HTTP__HOST": "127.0.0.1",
             }

@@ -31,10 +31,12 @@ from service.metrics import Metrics
 from service.outcomes.records import OutcomeCodec
 from service.outcomes.retries import RetryPolicy
 from service.policy.policy import Policy
+from service.policy.state import PolicyState, address_key
 from service.render.renderer import Renderer
 from service.routing import RoutingTable, load_table
 from service.settings import Settings
 from service.stores.idempotency import IdempotencyStore, open_store
+from service.stores.running import running_stores
 
 log = structlog.get_logger("herald")
 
@@ -60,6 +62,7 @@ def load(settings: Settings) -> Loaded:
     bindings = _bindings(settings, store, table, renderer)
     _check_registry(settings, bindings)
     _check_unsubscribe(settings, table)
+    address_key(settings)
     return Loaded(store=store, table=table, renderer=renderer, bindings=bindings)
 
 
@@ -176,12 +179,19 @@ class Herald:
         self.loaded = load(settings)
         self._registry = registry if registry is not None else registry_client(settings)
         self._lanes: list[Lane] = []
+        self._policy: PolicyState | None = None
         self.http_port: int | None = None
         self.started = asyncio.Event()
 
     @property
+    def policy(self) -> PolicyState | None:
+        """The policy stage's state while running (its tables, caps and rules)."""
+        return self._policy
+
+    @property
     def ready(self) -> bool:
-        return bool(self._lanes) and all(lane.ready for lane in self._lanes)
+        lanes = bool(self._lanes) and all(lane.ready for lane in self._lanes)
+        return lanes and self._policy is not None and self._policy.healthy()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Create what is missing, start every part, run the lanes until `stop`, close all."""
@@ -278,6 +288,14 @@ class Herald:
             Mailer(s.smtp, self.metrics, express_slots=reserved)
         )
         mailer.warm_in_background()
+        live = await stack.enter_async_context(running_stores(s, self.loaded.store, self.metrics))
+        self._policy = PolicyState(
+            tables=live.tables,
+            caps=live.caps,
+            address_key=address_key(s),
+            categories=self.loaded.table.categories,
+            healthy=lambda: live.healthy,
+        )
         local = LocalMessages(self.loaded.renderer, s.mail)
         messages: Messages = local
         if s.processing.render_workers:
@@ -305,7 +323,7 @@ class Herald:
         return Handler(
             decoder=decoder,
             table=self.loaded.table,
-            policy=Policy(store),
+            policy=Policy(store, self._policy, self.metrics),
             messages=messages,
             mailer=mailer,
             store=store,

@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--host", default="127.0.0.1")
     o.add_argument("--port", type=int, default=2525)
     o.set_defaults(fn=cmd_outbox)
+    from service.tools.state_admin import add_commands
+
+    add_commands(sub)
     return p
 
 

@@ -54,6 +54,36 @@ class Metrics:
         self.breaker_open = Gauge(
             "herald_smtp_breaker_open", "1 while the SMTP circuit breaker is open.", registry=r
         )
+        self.policy_decisions = Counter(
+            "herald_policy_decisions",
+            "Answers of the policy stage: go or never, the reason, the category.",
+            ["decision", "reason", "category"],
+            registry=r,
+        )
+        self.policy_table_rows = Gauge(
+            "herald_policy_table_rows",
+            "Rows of the local preference and suppression tables.",
+            ["table"],
+            registry=r,
+        )
+        self.policy_table_lag = Gauge(
+            "herald_policy_table_lag",
+            "Records of a table's topic not applied to the local table yet.",
+            ["table"],
+            registry=r,
+        )
+        self.policy_table_restore_seconds = Gauge(
+            "herald_policy_table_restore_seconds",
+            "How long the start-up restore of a local table from its topic took.",
+            ["table"],
+            registry=r,
+        )
+        self.policy_table_refused = Counter(
+            "herald_policy_table_refused_records",
+            "Records of a table's topic that could not be read (wrong schema, bad key); skipped.",
+            ["table"],
+            registry=r,
+        )
         self.retries_scheduled = Counter(
             "herald_retries_scheduled",
             "Notifications handed to a retry topic after transient failures.",

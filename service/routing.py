@@ -32,11 +32,37 @@ class Category(StrEnum):
     ACTIVITY = "activity"
     REPORT = "report"
     REMINDER = "reminder"
+    MARKETING = "marketing"
 
     @property
     def optional(self) -> bool:
-        """Optional mail respects opt-out and carries one-click unsubscribe (RFC 8058)."""
-        return self in (Category.ACTIVITY, Category.REPORT, Category.REMINDER)
+        """Optional mail respects consent and carries one-click unsubscribe (RFC 8058)."""
+        return self not in _MAKE_OR_BREAK
+
+    @property
+    def commercial(self) -> bool:
+        """Commercial mail is sent only to those who opted in."""
+        return self is Category.MARKETING
+
+
+_MAKE_OR_BREAK = frozenset({Category.TRANSACTIONAL, Category.SECURITY, Category.ACCOUNT})
+
+
+class Consent(StrEnum):
+    """How a category is held to the recipient's choices."""
+
+    NONE = "none"
+    """Never consulted: transactional, security and account mail."""
+    OPT_OUT = "opt_out"
+    """Sent unless the user opted out (of all optional mail, the category or the type)."""
+    REQUIRED = "required"
+    """Sent only after an opt-in to the category or the type."""
+
+
+def default_consent(category: Category) -> Consent:
+    if category.commercial:
+        return Consent.REQUIRED
+    return Consent.OPT_OUT if category.optional else Consent.NONE
 
 
 class Priority(StrEnum):
@@ -85,6 +111,27 @@ class RouteSpec(_Strict):
         return v
 
 
+class CapSpec(_Strict):
+    """At most `max` mails of the category per recipient in any window of `per`."""
+
+    max: int = Field(ge=1)
+    per: str = Field(pattern=r"^[1-9][0-9]*[smhd]$")
+    """A duration: `90m`, `24h`, `7d`."""
+
+    @property
+    def seconds(self) -> int:
+        return int(self.per[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[self.per[-1]]
+
+
+class CategorySpec(_Strict):
+    """How one category is held to consent and caps."""
+
+    consent: Consent | None = None
+    """Defaults by category: `none` for make-or-break mail, `opt_out` for optional mail,
+    `required` for commercial mail."""
+    cap: CapSpec | None = None
+
+
 class EventSpec(_Strict):
     """An event type: where it arrives, how it is encoded, what it causes."""
 
@@ -97,7 +144,16 @@ class EventSpec(_Strict):
 
 class TableSpec(_Strict):
     version: Literal[1]
+    categories: dict[Category, CategorySpec] = Field(default_factory=dict)
     events: dict[str, EventSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CategoryRule:
+    """The consent rule and cap in force for a category."""
+
+    consent: Consent
+    cap: CapSpec | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +169,7 @@ class RoutingTable:
     path: Path
     events: Mapping[str, EventSpec]
     routes: Mapping[str, tuple[Route, ...]]
+    categories: Mapping[Category, CategoryRule]
 
     def topic_of(self, event_type: str) -> str:
         return self.events[event_type].topic or event_type
@@ -201,7 +258,28 @@ def load_table(path: Path) -> RoutingTable:
             seen_types[r.type] = key
             compiled.append(Route(spec=r, condition=_compile(r.when, path, f"{key}.when")))
         routes[event_type] = tuple(compiled)
-    return RoutingTable(path=path, events=spec.events, routes=routes)
+    categories = {c: _category_rule(c, spec.categories.get(c), path) for c in Category}
+    return RoutingTable(path=path, events=spec.events, routes=routes, categories=categories)
+
+
+def _category_rule(category: Category, spec: CategorySpec | None, path: Path) -> CategoryRule:
+    """The category's rule; a rule that would let a preference stop make-or-break mail, or
+    send commercial mail without an opt-in, is refused."""
+    consent = (spec.consent if spec else None) or default_consent(category)
+    key = f"categories.{category}.consent"
+    if not category.optional and consent is not Consent.NONE:
+        raise ConfigError(
+            str(path), key, f"{category} mail must not depend on preferences", "use `none`"
+        )
+    if category.optional and consent is Consent.NONE:
+        raise ConfigError(
+            str(path), key, f"{category} mail is optional and must honour consent", "use `opt_out`"
+        )
+    if category.commercial and consent is not Consent.REQUIRED:
+        raise ConfigError(
+            str(path), key, "commercial mail needs the recipient's opt-in", "use `required`"
+        )
+    return CategoryRule(consent=consent, cap=spec.cap if spec else None)
 
 
 def _compile(expr: str | None, path: Path, key: str) -> Callable[..., Any] | None:
@@ -221,6 +299,8 @@ def _compile(expr: str | None, path: Path, key: str) -> Callable[..., Any] | Non
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker of a dict key that failed: the key is named
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

@@ -18,18 +18,28 @@ import structlog.testing
 from service.app import Loaded, load
 from service.events.model import Event, Recipient
 from service.events.schemas import SchemaStore
+from service.policy.state import PolicyState
 from service.settings import Settings
+from service.stores.running import open_caps, open_tables
 from service.tools.examples import example_event, load_example
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "schemas" / "examples"
 UNSUBSCRIBE_SECRET = "test-only-unsubscribe-key"
 """Signs the one-click links of optional mail in tests; Herald refuses to start without one."""
+ADDRESS_KEY = "test-only-address-key-0123456789abcdef"
+"""Keys the digests suppressions are stored under; Herald refuses to start without one."""
+SECRETS_ENV = {
+    "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+    "HERALD_POLICY__ADDRESS_KEY": ADDRESS_KEY,
+}
+"""The keys every Herald the suite starts needs, for the environment of a child process."""
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Every Herald the suite starts, in this process or a child, signs unsubscribe links."""
-    os.environ.setdefault("HERALD_LINKS__UNSUBSCRIBE_SECRET", UNSUBSCRIBE_SECRET)
+    """Every Herald the suite starts, in this process or a child, has its keys."""
+    for name, value in SECRETS_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def project_settings(**overrides: Any) -> Settings:
@@ -155,3 +165,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def local_policy_state(loaded: Loaded, directory: Path) -> PolicyState:
+    """The policy stage's state on local files under `directory`: empty tables (filled by a
+    test through `tables.apply_*`, as the followers do), embedded caps, the test address key."""
+    settings = project_settings(policy={"state_path": directory / "policy.sqlite3"})
+    return PolicyState(
+        tables=open_tables(settings, loaded.store),
+        caps=open_caps(settings),
+        address_key=ADDRESS_KEY.encode(),
+        categories=loaded.table.categories,
+    )

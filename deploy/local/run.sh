@@ -15,6 +15,7 @@ export HERALD_SMTP__TLS=${HERALD_SMTP__TLS:-none}
 export HERALD_LOG__FORMAT=${HERALD_LOG__FORMAT:-console}
 # Optional mail carries signed one-click unsubscribe links; this key is for the local run only.
 export HERALD_LINKS__UNSUBSCRIBE_SECRET=${HERALD_LINKS__UNSUBSCRIBE_SECRET:-local-development-only}
+export HERALD_POLICY__ADDRESS_KEY=${HERALD_POLICY__ADDRESS_KEY:-local-development-only-address-key}
 
 outbox_pid=""
 started_broker=""

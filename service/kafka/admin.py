@@ -13,15 +13,20 @@ def ensure_topics(
     *,
     partitions: int = 3,
     timeout_s: float = 30.0,
+    config: dict[str, str] | None = None,
 ) -> list[str]:
-    """Create the missing ones; returns those created. Existing topics are left as they are."""
+    """Create the missing ones, with `config` (e.g. cleanup.policy=compact); returns those
+    created. Existing topics are left as they are."""
     admin = AdminClient(conf)
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [t for t in topics if t not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=partitions, replication_factor=-1) for t in missing],
+        [
+            NewTopic(t, num_partitions=partitions, replication_factor=-1, config=config or {})
+            for t in missing
+        ],
         operation_timeout=timeout_s,
     )
     for topic, fut in futures.items():

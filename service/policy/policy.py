@@ -2,23 +2,66 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from service.metrics import Metrics
 from service.outcomes.status import Status
 from service.policy.decision import GO, Decision, never
-from service.routing import Notification
+from service.policy.rules import consent_refusal, suppression_refusal
+from service.policy.state import PolicyState
+from service.routing import Consent, Notification
 from service.stores.idempotency import IdempotencyStore, State
+from service.stores.suppressions import address_digest
 
 
 class Policy:
     """One answer per notification: go now, or never and why."""
 
-    def __init__(self, store: IdempotencyStore) -> None:
+    def __init__(
+        self,
+        store: IdempotencyStore,
+        state: PolicyState,
+        metrics: Metrics,
+        *,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._store = store
+        self._state = state
+        self._metrics = metrics
+        self._now = now
 
     async def decide(self, n: Notification) -> Decision:
-        """The route's condition, then the idempotency claim; StoreUnavailable while the
-        store is out of reach (nothing is claimed then, so asking again is safe)."""
+        """Condition, consent, suppression, cap, then the idempotency claim; StoreUnavailable
+        while a store is out of reach (nothing is claimed then, so asking again is safe)."""
+        decision = await self._decide(n)
+        self._metrics.policy_decisions.labels(
+            "go" if decision.go else "never", decision.reason or "ok", n.category.value
+        ).inc()
+        return decision
+
+    async def _decide(self, n: Notification) -> Decision:
         if not n.condition_met:
             return never(Status.SUPPRESSED, "condition_false")
+        rule = self._state.categories[n.category]
+        tables = self._state.tables
+        if n.recipient.user_id:
+            choices = tables.choices(n.recipient.user_id)
+            refusal = consent_refusal(rule.consent, n.category, n.type, choices)
+            if refusal:
+                return never(Status.SUPPRESSED, refusal)
+        elif rule.consent is Consent.REQUIRED:
+            return never(Status.SUPPRESSED, "no_consent")  # no user: nobody could have opted in
+        digest = address_digest(n.recipient.email, self._state.address_key)
+        refusal = suppression_refusal(n.category, tables.suppressions(digest), self._now())
+        if refusal:
+            return never(Status.SUPPRESSED, refusal)
+        if rule.cap is not None:
+            counter = f"{digest}:{n.category.value}"
+            if not await self._state.caps.take(
+                counter, n.idempotency_key, rule.cap.max, rule.cap.seconds
+            ):
+                return never(Status.SUPPRESSED, "frequency_capped")
         return await self._claim(n)
 
     async def _claim(self, n: Notification) -> Decision:

@@ -35,7 +35,7 @@ from tests.chaos.checker import OutcomeWatcher, Report, build_report
 from tests.chaos.process import HeraldProcess
 from tests.chaos.smtp import ChaosSmtp
 from tests.chaos.workload import Workload, produce
-from tests.conftest import ROOT, UNSUBSCRIBE_SECRET
+from tests.conftest import ROOT, SECRETS_ENV
 
 RESULTS = "notification.outcomes"
 DEAD_LETTER = "herald.dead-letter"
@@ -212,12 +212,13 @@ class Run:
                 "HERALD_SMTP__TLS": "none",
                 "HERALD_HTTP__HOST": "127.0.0.1",
                 "HERALD_LOG__FORMAT": "json",
-                "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+                **SECRETS_ENV,
                 "HERALD_ROUTING_FILE": str(ROOT / "deploy" / "routing.yaml"),
                 "HERALD_SCHEMAS_DIR": str(ROOT / "schemas"),
                 "HERALD_TEMPLATES_DIR": str(self._templates),
                 "HERALD_IDEMPOTENCY__BACKEND": self._backend,
                 "HERALD_IDEMPOTENCY__PATH": str(self.workdir / f"idempotency-{name}.sqlite3"),
+                "HERALD_POLICY__STATE_PATH": str(self.workdir / f"policy-{name}.sqlite3"),
             }
         )
         if self._redis_url:

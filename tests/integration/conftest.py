@@ -241,6 +241,7 @@ def integration_settings(
         "processing": {"commit_interval_ms": 100, "shutdown_timeout_s": 10},
         "idempotency": {"path": state_dir / "idempotency.sqlite3"},
         "retry": {"delays_s": [1, 2]},
+        "policy": {"state_path": state_dir / f"policy-{uuid.uuid4().hex[:6]}.sqlite3"},
     }
     for name, values in groups.items():
         values.update(overrides.pop(name, {}))

@@ -24,7 +24,7 @@ from service.app import Loaded
 from service.settings import Settings
 from service.testing import SmtpServer
 from tests.addresses import clear_addresses
-from tests.conftest import ROOT, UNSUBSCRIBE_SECRET, example_record
+from tests.conftest import ROOT, SECRETS_ENV, example_record
 from tests.integration.conftest import (
     SaslSsl,
     create_topics,
@@ -120,7 +120,8 @@ def test_a_wrong_password_fails_to_connect_and_is_never_logged(
             "HERALD_HTTP__PORT": "0",
             "HERALD_IDEMPOTENCY__PATH": str(tmp_path / "idempotency.sqlite3"),
             "HERALD_LOG__LEVEL": "DEBUG",
-            "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+            **SECRETS_ENV,
+            "HERALD_POLICY__STATE_PATH": str(tmp_path / "policy.sqlite3"),
         }
     )
     lines: list[str] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from service.app import Loaded, load
 from service.tools.checks import check, css_fallbacks
-from tests.conftest import ROOT, UNSUBSCRIBE_SECRET, project_settings
+from tests.conftest import ROOT, SECRETS_ENV, project_settings
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -25,7 +25,7 @@ def _herald_check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         text=True,
         env={
             "PATH": "/usr/bin:/bin",
-            "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+            **SECRETS_ENV,
             **env,
         },
         timeout=60,
@@ -151,7 +151,7 @@ def test_herald_check_lists_the_fields_links_are_made_of() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET},
+        env={"PATH": "/usr/bin:/bin", **SECRETS_ENV},
         timeout=60,
         check=False,
     )

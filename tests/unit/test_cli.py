@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, UNSUBSCRIBE_SECRET
+from tests.conftest import ROOT, SECRETS_ENV
 
 
 def _check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -17,7 +17,7 @@ def _check(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         cwd=ROOT,
         env={
             "PATH": "/usr/bin:/bin",
-            "HERALD_LINKS__UNSUBSCRIBE_SECRET": UNSUBSCRIBE_SECRET,
+            **SECRETS_ENV,
             **env,
         },
         capture_output=True,

@@ -5,8 +5,10 @@ store follows the mail (claimed, in DATA, accepted, released)."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +29,7 @@ from service.routing import idempotency_key
 from service.settings import MailSettings, RetrySettings, SmtpSettings
 from service.stores.idempotency import State
 from service.testing import MemoryStore, SmtpServer, free_port, record
-from tests.conftest import example_record
+from tests.conftest import example_record, local_policy_state
 
 EVENT = "user.signed_up"
 NOTIFICATION = "account.activation"
@@ -38,6 +40,8 @@ class Rig:
 
     def __init__(self, loaded: Loaded, port: int, **smtp: Any) -> None:
         self.loaded = loaded
+        self.policy = local_policy_state(loaded, Path(tempfile.mkdtemp(prefix="herald-flow-")))
+        metrics = self.metrics = Metrics()
         self.store = MemoryStore()
         self.retries = RetryPolicy(RetrySettings(delays_s=[60, 600]))
         settings = SmtpSettings(
@@ -50,12 +54,11 @@ class Rig:
             breaker_cooldown_s=0.2,
             **smtp,
         )
-        metrics = self.metrics = Metrics()
         self.mailer = Mailer(settings, metrics)
         self.handler = Handler(
             decoder=EventDecoder(loaded.bindings, loaded.store),
             table=loaded.table,
-            policy=Policy(self.store),
+            policy=Policy(self.store, self.policy, metrics),
             messages=LocalMessages(loaded.renderer, MailSettings()),
             mailer=self.mailer,
             store=self.store,
