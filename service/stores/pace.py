@@ -33,7 +33,8 @@ class BucketLimit:
     burst: float
     """The bucket's size."""
     reserve: float
-    """Tokens bulk must leave in the bucket (`critical_share` * burst)."""
+    """Tokens bulk must leave in the bucket (`critical_share` * burst); a bucket too small
+    to hold the reserve and one more lets bulk take its last token when it is full."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,9 +65,16 @@ def refill(tokens: float, since_s: float, *, rate_per_s: float, burst: float) ->
     return min(burst, tokens + max(0.0, since_s) * rate_per_s)
 
 
+EPSILON = 1e-3
+"""Tokens a bucket may lack and still give one: a caller back at the not-before moment finds
+the token it was promised, though epoch seconds in a float are only good to a quarter of a
+microsecond. A bucket never goes lower than -EPSILON, so over any span at most
+burst + rate x span + EPSILON go."""
+
+
 def ready_at(tokens: float, now: float, *, need: float, rate_per_s: float) -> float:
     """When a bucket holding `tokens` at `now` will hold `need`."""
-    return now if tokens >= need else now + (need - tokens) / rate_per_s
+    return now if tokens + EPSILON >= need else now + (need - tokens) / rate_per_s
 
 
 class PaceStore(ABC):
@@ -108,11 +116,9 @@ class MemoryPaceStore(PaceStore):
             tokens, at = self._buckets.get(b.key, (b.burst, now))
             level = refill(tokens, now - at, rate_per_s=b.rate_per_s, burst=b.burst)
             levels.append(level)
-            need = 1.0 if reserved else 1.0 + b.reserve
-            if (
-                level < need
-                and (ready := ready_at(level, now, need=need, rate_per_s=b.rate_per_s)) > worst
-            ):
+            need = 1.0 if reserved else min(1.0 + b.reserve, b.burst)
+            ready = ready_at(level, now, need=need, rate_per_s=b.rate_per_s)
+            if ready > worst:  # `now` when the bucket has enough, and worst starts at now
                 worst, blocking = ready, i
         for j, w in enumerate(windows):
             used = self._windows.get(w.key, (0, w.ends))[0]
@@ -165,7 +171,7 @@ def map_redis_errors() -> Iterator[None]:
 # the number of buckets and of windows, then rate, burst, reserve per bucket and limit,
 # reserve, end (epoch s), TTL (s) per window. The same arithmetic as MemoryPaceStore.take.
 # Returns {go, not_before, blocking (1-based, 0 for none), now}; numbers as strings, since
-# Redis truncates a Lua number to an integer.
+# Redis truncates a Lua number to an integer. 0.001 is EPSILON.
 _TAKE = """
 local now
 if ARGV[1] ~= '' then
@@ -189,8 +195,8 @@ for i = 1, nb do
   end
   levels[i] = level
   local need = 1
-  if not reserved then need = 1 + reserve end
-  if level < need then
+  if not reserved then need = math.min(1 + reserve, burst) end
+  if level + 0.001 < need then
     local ready = now + (need - level) / rate
     if ready > worst then worst, blocking = ready, i end
   end
@@ -204,14 +210,14 @@ for j = 1, nw do
   if used >= cap and ends > worst then worst, blocking = ends, nb + j end
 end
 if blocking > 0 then
-  return {0, string.format('%.6f', worst), blocking, string.format('%.6f', now)}
+  return {0, string.format('%.17g', worst), blocking, string.format('%.17g', now)}
 end
 a = 5
 for i = 1, nb do
   local rate, burst = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   a = a + 3
-  redis.call('HSET', KEYS[i], 'tokens', string.format('%.9f', levels[i] - 1),
-             'at', string.format('%.6f', now))
+  redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', levels[i] - 1),
+             'at', string.format('%.17g', now))
   -- Once refilled, a bucket is as good as absent.
   redis.call('PEXPIRE', KEYS[i], math.ceil(burst / rate * 1000) + 1000)
 end
@@ -222,7 +228,7 @@ for j = 1, nw do
   end
   a = a + 4
 end
-return {1, '', 0, string.format('%.6f', now)}
+return {1, '', 0, string.format('%.17g', now)}
 """
 
 
