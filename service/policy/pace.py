@@ -175,10 +175,12 @@ class Pace:
         limit = names[taken.blocking]
         if self._metrics is not None:
             self._metrics.deferred.labels(limit=limit).inc()
+        # A bucket's moment is on the store's clock; a ramp window's end on this one's.
+        now = self._clock() if limit.startswith("warmup") else taken.now
         return Admission(
             go=False,
             not_before=taken.not_before,
-            wait_s=max(0.0, taken.not_before - taken.now),
+            wait_s=max(0.0, taken.not_before - now),
             limit=limit,
         )
 

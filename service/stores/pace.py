@@ -120,10 +120,12 @@ class MemoryPaceStore(PaceStore):
             ready = ready_at(level, now, need=need, rate_per_s=b.rate_per_s)
             if ready > worst:  # `now` when the bucket has enough, and worst starts at now
                 worst, blocking = ready, i
+        # A full window blocks until its end, even an end this clock has passed: the window's
+        # key and end come from the caller's wall clock, which may run behind this one.
         for j, w in enumerate(windows):
             used = self._windows.get(w.key, (0, w.ends))[0]
             cap = w.limit if reserved else w.limit - w.reserve
-            if used >= cap and w.ends > worst:
+            if used >= cap and (blocking is None or w.ends > worst):
                 worst, blocking = w.ends, len(buckets) + j
         if blocking is not None:
             return Taken(go=False, not_before=worst, blocking=blocking, now=now)
@@ -134,8 +136,9 @@ class MemoryPaceStore(PaceStore):
         return Taken(go=True, now=now)
 
     def _forget(self, now: float) -> None:
-        """Drop counters of windows past (so a long run does not keep every hour's)."""
-        for key in [k for k, (_, ends) in self._windows.items() if ends <= now]:
+        """Drop counters of windows a day past (so a long run does not keep every hour's);
+        a day, since the caller's clock, which names the windows, may run behind this one."""
+        for key in [k for k, (_, ends) in self._windows.items() if ends + 86_400 <= now]:
             del self._windows[key]
 
 
@@ -207,7 +210,7 @@ for j = 1, nw do
   local used = tonumber(redis.call('GET', KEYS[nb + j]) or '0')
   local cap = limit
   if not reserved then cap = limit - reserve end
-  if used >= cap and ends > worst then worst, blocking = ends, nb + j end
+  if used >= cap and (blocking == 0 or ends > worst) then worst, blocking = ends, nb + j end
 end
 if blocking > 0 then
   return {0, string.format('%.17g', worst), blocking, string.format('%.17g', now)}
