@@ -282,10 +282,9 @@ class RedisPaceStore(PaceStore):
         await self._redis.aclose(close_connection_pool=True)
 
 
-def open_pace_store(settings: PaceSettings, *, redis_url: str | None) -> PaceStore:
-    """The configured backend; `redis_url` (`idempotency.redis_url`) is required for redis."""
+def open_pace_store(settings: PaceSettings, *, redis_url: str, connections: int = 16) -> PaceStore:
+    """The configured backend; `redis_url` is `idempotency.redis_url`, used by `redis` only.
+    `connections`: admits in flight at once, each holding one while its script runs."""
     if settings.backend == "redis":
-        if redis_url is None:
-            raise ValueError("pace.backend redis needs a Redis URL (idempotency.redis_url)")
-        return RedisPaceStore(redis_url)
+        return RedisPaceStore(redis_url, connections=connections)
     return MemoryPaceStore()

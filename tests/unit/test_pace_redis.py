@@ -14,7 +14,7 @@ from service.errors import StoreUnavailable
 from service.policy.pace import Admission, Pace
 from service.routing import Priority
 from service.settings.pace import PaceSettings
-from service.stores.pace import EPSILON, RedisPaceStore
+from service.stores.pace import EPSILON, MemoryPaceStore, RedisPaceStore, open_pace_store
 from service.testing import free_port
 from tests.pacing import START, Clock, StoreFactory, pace_settings, stores
 
@@ -165,6 +165,9 @@ async def test_redis_out_of_reach_is_store_unavailable() -> None:
             await pace.admit("example.com", Priority.NORMAL)
 
 
-def test_memory_is_the_default_backend() -> None:
-    """One instance needs no Redis; `redis` is asked for by name."""
-    assert "memory" == PaceSettings().backend
+async def test_the_backend_is_chosen_by_the_setting(redis_url: str) -> None:
+    """`memory` is this process's store; `redis` a client of the shared one."""
+    async with open_pace_store(PaceSettings(), redis_url=redis_url) as memory:
+        assert isinstance(memory, MemoryPaceStore)
+    async with open_pace_store(PaceSettings(backend="redis"), redis_url=redis_url) as shared:
+        assert isinstance(shared, RedisPaceStore)
