@@ -30,12 +30,14 @@ from service.kafka.transactions import TransactionalProducer
 from service.metrics import Metrics
 from service.outcomes.records import OutcomeCodec
 from service.outcomes.retries import RetryPolicy
+from service.policy.pace import Pace, PaceMetrics
 from service.policy.policy import Policy
 from service.policy.state import PolicyState, address_key
 from service.render.renderer import Renderer
 from service.routing import RoutingTable, load_table
 from service.settings import Settings
 from service.stores.idempotency import IdempotencyStore, open_store
+from service.stores.pace import open_pace_store
 from service.stores.running import running_stores
 
 log = structlog.get_logger("herald")
@@ -289,11 +291,16 @@ class Herald:
         )
         mailer.warm_in_background()
         live = await stack.enter_async_context(running_stores(s, self.loaded.store, self.metrics))
+        pace_store = await stack.enter_async_context(
+            open_pace_store(s.pace, redis_url=s.idempotency.redis_url.get_secret_value())
+        )
         self._policy = PolicyState(
             tables=live.tables,
             caps=live.caps,
             address_key=address_key(s),
             categories=self.loaded.table.categories,
+            pace=Pace(s.pace, pace_store, metrics=PaceMetrics(self.metrics.registry)),
+            hold_s=s.pace.hold_s,
             healthy=lambda: live.healthy,
         )
         local = LocalMessages(self.loaded.renderer, s.mail)

@@ -18,8 +18,10 @@ import structlog.testing
 from service.app import Loaded, load
 from service.events.model import Event, Recipient
 from service.events.schemas import SchemaStore
+from service.policy.pace import Pace
 from service.policy.state import PolicyState
 from service.settings import Settings
+from service.stores.pace import MemoryPaceStore
 from service.stores.running import open_caps, open_tables
 from service.tools.examples import example_event, load_example
 
@@ -176,4 +178,6 @@ def local_policy_state(loaded: Loaded, directory: Path) -> PolicyState:
         caps=open_caps(settings),
         address_key=ADDRESS_KEY.encode(),
         categories=loaded.table.categories,
+        pace=Pace(settings.pace, MemoryPaceStore()),
+        hold_s=settings.pace.hold_s,
     )

@@ -232,6 +232,17 @@ class Handler:
         except HeraldError as exc:
             self._settle(report, n, Stage.POLICY, exc, Sending())
             return
+        if decision.deferred:
+            report.retry(
+                self._retries.defer(
+                    report.raw,
+                    notification=n.type,
+                    rounds_done=ticket.round if ticket else 0,
+                    wait_s=decision.wait_s,
+                    reason=decision.reason or "paced",
+                )
+            )
+            return
         if not decision.go:
             assert decision.status is not None
             earlier = Sending(message_id=decision.message_id, smtp_code=decision.smtp_code)

@@ -26,7 +26,7 @@ class RetryTicket:
     notification: str
     """The one notification type of the event to try again."""
     round: int
-    """1 for the first retry round."""
+    """1 for the first retry round; 0 for a notification pace deferred before any retry."""
     not_before_ms: int
     original: RawRecord
     """The event record as first consumed: coordinates for outcomes, bytes for decoding."""
@@ -55,16 +55,39 @@ class RetryPolicy:
         self, original: RawRecord, *, notification: str, rounds_done: int, reason: str
     ) -> Outbound:
         """The retry record for the next round; `rounds_left` said there is one."""
+        return self._ticket(original, notification, rounds_done + 1, rounds_done, reason)
+
+    def defer(
+        self,
+        original: RawRecord,
+        *,
+        notification: str,
+        rounds_done: int,
+        wait_s: float,
+        reason: str,
+    ) -> Outbound:
+        """A record for a notification pace holds back: in the first retry topic whose delay
+        covers `wait_s` (the last if none does: it is then asked again, and deferred again),
+        due after that topic's delay so the topic stays in order. Uses up no round."""
+        index = next(
+            (i for i, d in enumerate(self._s.delays_s) if d >= wait_s), len(self._rounds) - 1
+        )
+        return self._ticket(original, notification, rounds_done, index, reason)
+
+    def _ticket(
+        self, original: RawRecord, notification: str, round_: int, index: int, reason: str
+    ) -> Outbound:
+        """The original's bytes for the retry topic of round `index`, due after its delay."""
         now_ms = int(time.time() * 1000)
         meta = {
             "retry.notification": notification,
-            "retry.round": str(rounds_done + 1),
-            "retry.not_before_ms": str(now_ms + self._s.delays_s[rounds_done] * 1000),
+            "retry.round": str(round_),
+            "retry.not_before_ms": str(now_ms + self._s.delays_s[index] * 1000),
             "retry.reason": reason,
             **headers.source(original),
         }
         return Outbound(
-            topic=self._rounds[rounds_done],
+            topic=self._rounds[index],
             key=original.key,
             value=original.value,
             headers=(*headers.foreign(original.headers), *headers.encode(meta)),
@@ -106,6 +129,6 @@ class RetryPolicy:
             )
         except (KeyError, ValueError) as exc:
             raise MalformedTicket(f"retry record without a readable {exc} header") from exc
-        if not 1 <= ticket.round <= len(self._rounds):
+        if not 0 <= ticket.round <= len(self._rounds):  # 0: deferred by pace before any retry
             raise MalformedTicket(f"retry round {ticket.round} is not one of this policy's")
         return ticket

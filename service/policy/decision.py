@@ -13,6 +13,8 @@ class Verdict(StrEnum):
     """Render and send it."""
     NEVER = "never"
     """Do not send it; its outcome has the decision's status and reason."""
+    LATER = "later"
+    """Not now: pace frees it in `wait_s`; the flow defers it through the retry topics."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,13 +28,24 @@ class Decision:
     """The Message-ID of the mail already accepted, for a duplicate."""
     smtp_code: int | None = None
     """The relay's reply to that mail."""
+    wait_s: float = 0.0
+    """For LATER: how long until pace frees it."""
 
     @property
     def go(self) -> bool:
         return self.verdict is Verdict.NOW
 
+    @property
+    def deferred(self) -> bool:
+        return self.verdict is Verdict.LATER
+
 
 GO = Decision(verdict=Verdict.NOW)
+
+
+def later(wait_s: float, limit: str) -> Decision:
+    """A notification pace holds back: `limit` frees it in `wait_s`."""
+    return Decision(verdict=Verdict.LATER, reason=f"paced_{limit}", wait_s=wait_s)
 
 
 def never(

@@ -146,6 +146,10 @@ class Pace:
             for name, b in settings.domains.items()
         }
 
+    def domain_limited(self, domain: str) -> bool:
+        """Whether the domain has a bucket of its own."""
+        return domain.lower().rstrip(".") in self._domains
+
     def reserved(self, priority: Priority) -> bool:
         """Whether mail of this priority may use the reserved share."""
         return priority.at_least(self._reserved_from)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from service.metrics import Metrics
 from service.outcomes.status import Status
-from service.policy.decision import GO, Decision, never
+from service.policy.decision import GO, Decision, later, never
+from service.policy.pace import Admission
 from service.policy.rules import consent_refusal, suppression_refusal
 from service.policy.state import PolicyState
 from service.routing import Consent, Notification
@@ -28,15 +30,17 @@ class Policy:
     ) -> None:
         self._store = store
         self._state = state
+        self._gates: dict[tuple[bool, str], asyncio.Lock] = {}
         self._metrics = metrics
         self._now = now
 
     async def decide(self, n: Notification) -> Decision:
-        """Condition, consent, suppression, cap, then the idempotency claim; StoreUnavailable
-        while a store is out of reach (nothing is claimed then, so asking again is safe)."""
+        """Condition, consent, suppression, cap, pace, then the idempotency claim;
+        StoreUnavailable while a store is out of reach (nothing is claimed then, so asking
+        again is safe)."""
         decision = await self._decide(n)
         self._metrics.policy_decisions.labels(
-            "go" if decision.go else "never", decision.reason or "ok", n.category.value
+            decision.verdict.value, decision.reason or "ok", n.category.value
         ).inc()
         return decision
 
@@ -62,7 +66,27 @@ class Policy:
                 counter, n.idempotency_key, rule.cap.max, rule.cap.seconds
             ):
                 return never(Status.SUPPRESSED, "frequency_capped")
+        admission = await self._paced(n)
+        if not admission.go:
+            return later(admission.wait_s, admission.limit or "relay")
         return await self._claim(n)
+
+    async def _paced(self, n: Notification) -> Admission:
+        """Pace's answer, short waits waited out. Waiters queue behind one gate per share and
+        domain, so only the head asks again when a token frees, not every waiting mail."""
+        pace = self._state.pace
+        domain = n.recipient.email.rpartition("@")[2].lower()
+        admission = await pace.admit(domain, n.priority)
+        if admission.go or admission.wait_s > self._state.hold_s:
+            return admission
+        key = (pace.reserved(n.priority), domain if pace.domain_limited(domain) else "")
+        gate = self._gates.setdefault(key, asyncio.Lock())
+        async with gate:
+            while True:
+                admission = await pace.admit(domain, n.priority)
+                if admission.go or admission.wait_s > self._state.hold_s:
+                    return admission
+                await asyncio.sleep(admission.wait_s)
 
     async def _claim(self, n: Notification) -> Decision:
         """Reserve the notification for this try unless an earlier one got further."""

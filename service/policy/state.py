@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from service.errors import ConfigError
+from service.policy.pace import Pace
 from service.routing import Category, CategoryRule
 from service.settings import Settings
 from service.stores.caps import CapStore
@@ -20,6 +21,9 @@ class PolicyState:
     caps: CapStore
     address_key: bytes
     categories: Mapping[Category, CategoryRule]
+    pace: Pace
+    hold_s: float
+    """Pace's waits up to this long are waited out here; longer ones are deferred."""
     healthy: Callable[[], bool] = lambda: True
     """False once a table stopped following its topic."""
 

@@ -32,6 +32,7 @@ from service.settings.groups import (
     SmtpSettings,
     _Refused,
 )
+from service.settings.pace import PaceSettings
 from service.settings.policy import PolicySettings, PublicSettings
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "LinkSettings",
     "LogSettings",
     "MailSettings",
+    "PaceSettings",
     "PolicySettings",
     "ProcessingSettings",
     "PublicSettings",
@@ -83,6 +85,7 @@ class Settings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     log: LogSettings = LogSettings()
     policy: PolicySettings = PolicySettings()
+    pace: PaceSettings = PaceSettings()
     public: PublicSettings = PublicSettings()
 
     @classmethod

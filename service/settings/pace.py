@@ -101,6 +101,9 @@ class PaceSettings(_Group):
     """The part of every limit that only reserved mail may use; bulk gets the rest."""
     reserved_from: Literal["critical", "high", "normal", "low"] = "critical"
     """Mail of this priority or above draws on the reserved share (and on the rest)."""
+    hold_s: float = Field(default=10.0, ge=0.0)
+    """A mail held back for up to this long waits in the process (its partition keeps its
+    order); one held back longer goes through the retry topics, due when pace frees it."""
     redis_prefix: str = Field(default="herald:pace", pattern=r"^[A-Za-z0-9:._-]+$")
     """Keys are `{<prefix>}:…`; one hash slot, so a Redis Cluster runs each check at once."""
 

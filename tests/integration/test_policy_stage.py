@@ -5,10 +5,12 @@ from the command line."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import confluent_kafka
 import pytest
 
 from service.app import Loaded
@@ -112,6 +114,27 @@ async def test_choices_and_suppressions_decide_what_goes(
         assert samples is not None
 
 
+async def _first(settings: Settings, topic: str) -> Any:
+    """The first committed record of a topic (a deferred mail is deferred again and again)."""
+    c = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    c.subscribe([settings.kafka.topic_prefix + topic])
+    try:
+        for _ in range(300):
+            m = await asyncio.to_thread(c.poll, 0.2)
+            if m is not None and m.error() is None:
+                return m
+        raise AssertionError(f"nothing on {topic}")
+    finally:
+        c.close()
+
+
 def _cli(settings: Settings, *argv: str) -> None:
     args: argparse.Namespace = build_parser().parse_args(list(argv))
     assert 0 == args.fn(settings, args)
@@ -147,3 +170,60 @@ def test_suppress_and_forget_from_the_command_line(
     again = capsys.readouterr().out
     assert "preferences removed: 0" in again
     assert "suppressions removed: 0" in again
+
+
+async def test_pace_holds_the_relay_rate_in_process(
+    make_settings: Any, smtp: SmtpServer, loaded: Loaded
+) -> None:
+    """40 mails under a relay limit of 10/s (burst 3): all sent, none deferred to a topic,
+    and the relay sees them no faster than the limit allows (well over 100/s without it)."""
+    settings = make_settings(pace={"relay": {"rate": "10/s", "burst": 3}, "hold_s": 5})
+    create_topics(settings)
+    produce(
+        settings,
+        [_event(loaded, "comment.mentioned", f"u-{i}", f"p{i}@example.com") for i in range(40)],
+    )
+    async with running(settings) as herald:
+        await wait_for(lambda: len(smtp.received) >= 40, what="forty mails")
+        deferred = herald.metrics.registry.get_sample_value(
+            "herald_pace_deferred_total", {"limit": "relay"}
+        )
+    ends = sorted(m.ended for m in smtp.received)
+    achieved = (len(ends) - 3) / (ends[-1] - ends[0])
+    print(f"achieved {achieved:.2f}/s under a limit of 10/s (burst 3)")
+    assert achieved <= 10 * 1.5
+    assert deferred is not None
+    assert deferred > 0
+    assert [] == await read_topic(settings, "herald.retry.1s", 0, timeout_s=1)
+
+
+async def test_past_the_warm_up_limit_bulk_waits_in_the_retry_topics(
+    make_settings: Any, smtp: SmtpServer, loaded: Loaded
+) -> None:
+    """A ramp of 5 an hour with 40% reserved: 3 mentions go, the 4th is deferred through the
+    retry topics (no outcome, no round used), and a one-time code still goes."""
+    today = datetime.now(UTC).date().isoformat()
+    settings = make_settings(
+        pace={
+            "warmup": [{"day": 0, "per_hour": 5}],
+            "warmup_start": today,
+            "critical_share": 0.4,
+            "hold_s": 0.5,
+        }
+    )
+    create_topics(settings)
+    mentions = [
+        _event(loaded, "comment.mentioned", f"u-{i}", f"w{i}@example.com") for i in range(4)
+    ]
+    produce(settings, mentions)
+    async with running(settings):
+        outcomes = await read_topic(settings, "notification.outcomes", 3)
+        ticket = await _first(settings, "herald.retry.2s")
+        produce(settings, [_event(loaded, "login.otp_requested", "u-c", "code@example.com")])
+        code = await read_topic(settings, "notification.outcomes", 4)
+    assert ["SENT"] * 3 == [decode_outcome(m.value(), loaded.store)["status"] for m in outcomes]
+    meta = dict(ticket.headers())
+    assert b"paced_warmup_hour" == meta["herald.retry.reason"]
+    assert b"0" == meta["herald.retry.round"]
+    last = decode_outcome(code[3].value(), loaded.store)
+    assert ("security.one_time_code", "SENT") == (last["notification_type"], last["status"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,10 +13,13 @@ import pytest
 from service.app import Loaded
 from service.metrics import Metrics
 from service.outcomes.status import Status
+from service.policy.pace import Pace
 from service.policy.policy import Policy
 from service.policy.state import PolicyState
 from service.routing import CapSpec, Category, CategoryRule, Consent, Notification, route
+from service.settings import PaceSettings
 from service.stores.consent import Preference
+from service.stores.pace import MemoryPaceStore
 from service.stores.running import codecs
 from service.stores.suppressions import Scope, Suppression, address_digest, address_hint
 from service.testing import MemoryStore
@@ -148,3 +152,45 @@ async def test_a_false_condition_ends_it_first(
     stage.suppress(Scope.ALL, "hard_bounce")
     n = dataclasses.replace(stage.notification(event_type), condition_met=False)
     assert (Status.SUPPRESSED, "condition_false") == await stage.answer(n)
+
+
+def _paced(stage: Stage, hold_s: float, **pace: Any) -> None:
+    settings = PaceSettings(**pace)
+    replaced = dataclasses.replace(
+        stage.state, pace=Pace(settings, MemoryPaceStore()), hold_s=hold_s
+    )
+    stage.state = replaced
+    stage.policy = Policy(stage.store, replaced, stage.metrics, now=lambda: NOW)
+
+
+def _nth(stage: Stage, event_type: str, i: int) -> Notification:
+    event = event_from_example(stage.loaded, event_type, user_id=USER, email=EMAIL)
+    return route(dataclasses.replace(event, event_id=f"e-{i}"), stage.loaded.table)[0]
+
+
+async def test_over_the_relay_rate_bulk_is_deferred_critical_still_goes(
+    loaded: Loaded, tmp_path: Path
+) -> None:
+    stage = Stage(loaded, tmp_path)
+    _paced(stage, 0.0, relay={"rate": "60/min", "burst": 5}, critical_share=0.4)
+    answers = [await stage.policy.decide(_nth(stage, "comment.mentioned", i)) for i in range(4)]
+    assert [True, True, True, False] == [a.go for a in answers]
+    late = answers[3]
+    assert late.deferred
+    assert "paced_relay" == late.reason
+    assert 0 < late.wait_s <= 1.0
+    assert {} != stage.store.values
+    assert _nth(stage, "comment.mentioned", 3).idempotency_key not in stage.store.values
+    codes = [await stage.policy.decide(_nth(stage, "login.otp_requested", i)) for i in range(2)]
+    assert [True, True] == [a.go for a in codes], "critical mail has its own share"
+    assert not (await stage.policy.decide(_nth(stage, "login.otp_requested", 9))).go
+
+
+async def test_a_short_wait_is_waited_out_in_the_stage(loaded: Loaded, tmp_path: Path) -> None:
+    stage = Stage(loaded, tmp_path)
+    _paced(stage, 5.0, relay={"rate": "50/s", "burst": 1})
+    answers = await asyncio.gather(
+        *(stage.policy.decide(_nth(stage, "comment.mentioned", i)) for i in range(6))
+    )
+    assert all(a.go for a in answers)
+    assert 6 == len(stage.store.values)

@@ -114,3 +114,28 @@ def test_an_unreadable_due_time_is_due_now() -> None:
         headers=(("herald.retry.not_before_ms", b"soon"),),
     )
     assert 0 == RetryPolicy.not_before_ms(raw)
+
+
+@pytest.mark.parametrize(
+    ("wait_s", "topic", "delay_s"),
+    [(0.2, "herald.retry.60s", 60), (60, "herald.retry.60s", 60), (61, "herald.retry.600s", 600),
+     (86_000, "herald.retry.600s", 600)],
+)  # fmt: skip
+def test_a_deferral_waits_in_the_topic_that_covers_it_and_uses_no_round(
+    wait_s: float, topic: str, delay_s: int
+) -> None:
+    policy = RetryPolicy(RetrySettings(delays_s=[60, 600]))
+    before_ms = int(time.time() * 1000)
+    for rounds_done in (0, 1):
+        record = policy.defer(
+            ORIGINAL,
+            notification="order.receipt",
+            rounds_done=rounds_done,
+            wait_s=wait_s,
+            reason="paced_warmup_hour",
+        )
+        assert topic == record.topic
+        ticket = policy.ticket(_consumed(record), {"orders"})
+        assert rounds_done == ticket.round
+        assert before_ms + delay_s * 1000 <= ticket.not_before_ms
+        assert ticket.not_before_ms <= int(time.time() * 1000) + delay_s * 1000
