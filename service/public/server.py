@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Generator, Mapping
 from contextlib import AsyncExitStack
@@ -62,6 +63,9 @@ class PublicServer:
             h11_max_incomplete_event_size=16 * 1024,
             limit_concurrency=200,
         )
+        # access_log=False only detaches the access logger's handlers; a handler attached to it
+        # later (pytest's capture does) would bring back lines holding each link's token.
+        logging.getLogger("uvicorn.access").disabled = True
         self._host = host
         self._port = port
         self._server = _Server(self._config)
