@@ -127,9 +127,12 @@ async def start_public(
     metrics: Metrics,
     categories: Mapping[str, str],
     stack: AsyncExitStack,
+    *,
+    publish_timeout_ms: int = 10_000,
 ) -> PublicServer | None:
     """The public listener, started, and its publisher; both close with `stack`. None when
-    `public.enabled` is false."""
+    `public.enabled` is false. `publish_timeout_ms`: how long a choice may take to reach the
+    broker before the answer is 503."""
     if not settings.public.enabled:
         return None
     if keys is None:
@@ -141,7 +144,9 @@ async def start_public(
         )
     link = shape(settings.links.unsubscribe_url)
     codec = PreferenceCodec(StateCodec(store, PREFERENCE_SCHEMA))
-    publisher = await stack.enter_async_context(PreferencePublisher(settings, codec))
+    publisher = await stack.enter_async_context(
+        PreferencePublisher(settings, codec, timeout_ms=publish_timeout_ms)
+    )
     app = PublicApp(
         link=link, keys=keys, categories=categories, publish=publisher.publish, metrics=metrics
     )

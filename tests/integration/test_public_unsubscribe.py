@@ -29,6 +29,7 @@ from service.render.renderer import unsubscribe_keys
 from service.settings import Settings
 from service.stores.codec import StateCodec
 from service.stores.consent import PREFERENCE_SCHEMA, Preference, PreferenceCodec
+from service.testing import free_port
 from service.tokens import Keys
 from tests.addresses import LogTap
 
@@ -97,21 +98,27 @@ class Listener:
             c.close()
 
 
+def _categories(loaded: Loaded) -> dict[str, str]:
+    """Notification type → category of the optional routes, as the wiring passes them."""
+    return {
+        r.spec.type: r.spec.category.value
+        for routes in loaded.table.routes.values()
+        for r in routes
+        if r.spec.category.optional
+    }
+
+
 @pytest.fixture
 async def listener(make_settings: Any, loaded: Loaded) -> AsyncIterator[Listener]:
     settings: Settings = make_settings(public={"host": "127.0.0.1", "port": 0})
     ensure_state_topics(settings)
     keys = unsubscribe_keys(settings.links)
     assert keys is not None
-    categories = {
-        r.spec.type: r.spec.category.value
-        for routes in loaded.table.routes.values()
-        for r in routes
-        if r.spec.category.optional
-    }
     metrics = Metrics()
     async with AsyncExitStack() as stack:
-        server = await start_public(settings, keys, loaded.store, metrics, categories, stack)
+        server = await start_public(
+            settings, keys, loaded.store, metrics, _categories(loaded), stack
+        )
         assert server is not None
         yield Listener(
             settings=settings,
@@ -249,6 +256,40 @@ async def test_a_body_over_the_limit_is_refused_unread(listener: Listener) -> No
         response = await client.post(url, data={**ONE_CLICK, "padding": padding})
     _check(response, 413)
     assert [] == listener.records()
+
+
+async def test_a_choice_the_broker_does_not_take_is_a_503(
+    make_settings: Any, loaded: Loaded
+) -> None:
+    """No broker answers: the delivery times out in librdkafka, the page says to try again."""
+    settings: Settings = make_settings(
+        public={"port": 0}, kafka={"bootstrap_servers": f"127.0.0.1:{free_port()}"}
+    )
+    keys = unsubscribe_keys(settings.links)
+    assert keys is not None
+    metrics = Metrics()
+    async with AsyncExitStack() as stack:
+        server = await start_public(
+            settings,
+            keys,
+            loaded.store,
+            metrics,
+            _categories(loaded),
+            stack,
+            publish_timeout_ms=500,
+        )
+        assert server is not None
+        codec = PreferenceCodec(StateCodec(loaded.store, PREFERENCE_SCHEMA))
+        dead = Listener(settings=settings, server=server, keys=keys, codec=codec, metrics=metrics)
+        async with _client() as client:
+            response = await client.post(
+                dead.link("user-1"),
+                data={**ONE_CLICK, "page": "1"},
+                headers={"accept-language": "fr"},
+            )
+    _check(response, 503)
+    assert "Veuillez réessayer" in response.text
+    assert 1.0 == metrics.public_requests.labels("unsubscribe", "unavailable")._value.get()
 
 
 def _chromium() -> str:
