@@ -25,7 +25,7 @@ from service.errors import InvalidToken, PreferencesUnavailable
 from service.metrics import Metrics
 from service.public import form, pages
 from service.public.link import LinkShape, LinkValues, values
-from service.stores.consent import Preference, category_scope
+from service.stores.consent import Preference, category_scope, preference_key
 
 log = structlog.get_logger("herald.public")
 SOURCE = "one_click"
@@ -122,9 +122,7 @@ class PublicApp:
         if not answer.page:
             text = "unsubscribed\n" if answer.result == "unsubscribed" else answer.result + "\n"
             return PlainTextResponse(text, status_code=status)
-        kind = "confirm" if answer.result == "page" else answer.result
-        if answer.result == "unsubscribed":
-            kind = "done"
+        kind = {"page": "confirm", "unsubscribed": "done"}.get(answer.result, answer.result)
         page = pages.render(kind, answer.lang, category=answer.category)
         return HTMLResponse(page.html, status_code=status)
 
@@ -154,16 +152,20 @@ class PublicApp:
             return Answer(result="page", lang=lang, page=True, category=category)
         if not form.is_one_click(fields):
             return Answer(result="not_one_click", lang=lang, page=page)
+        scope = category_scope(category)
         try:
-            await self._publish(
-                Preference(
-                    user_id=link.user_id,
-                    scope=category_scope(category),
-                    subscribed=False,
-                    updated_at=datetime.fromtimestamp(self._clock(), UTC),
-                    source=SOURCE,
-                )
-            )
+            preference_key(link.user_id, scope)
+        except ValueError:  # a user id no key can hold (the unit separator)
+            return Answer(result="bad_request", lang=lang, page=page)
+        preference = Preference(
+            user_id=link.user_id,
+            scope=scope,
+            subscribed=False,
+            updated_at=datetime.fromtimestamp(self._clock(), UTC),
+            source=SOURCE,
+        )
+        try:
+            await self._publish(preference)
         except PreferencesUnavailable as exc:
             log.warning("unsubscribe not recorded", error=str(exc))
             return Answer(result="unavailable", lang=lang, page=page)
@@ -209,6 +211,7 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
         self._headers = [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+        self._names = {k.encode() for k in SECURITY_HEADERS}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -217,8 +220,7 @@ class SecurityHeaders:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                names = {k.decode().lower() for k, _ in self._headers}
-                kept = [(k, v) for k, v in message.get("headers", []) if k.decode() not in names]
+                kept = [(k, v) for k, v in message.get("headers", []) if k not in self._names]
                 message = {**message, "headers": kept + self._headers}
             await send(message)
 
