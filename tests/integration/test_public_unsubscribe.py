@@ -16,11 +16,16 @@ from typing import Any
 import confluent_kafka
 import httpx
 import pytest
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ConfigResource,
+    ResourceType,
+)
 from playwright.async_api import async_playwright
 
 from service.app import Loaded
 from service.events.model import Recipient
-from service.kafka.admin import ensure_state_topics
+from service.kafka.admin import ensure_state_topics, state_topics
 from service.metrics import Metrics
 from service.public import PublicServer, start_public
 from service.public.app import SECURITY_HEADERS
@@ -127,6 +132,17 @@ async def listener(make_settings: Any, loaded: Loaded) -> AsyncIterator[Listener
             codec=PreferenceCodec(StateCodec(loaded.store, PREFERENCE_SCHEMA)),
             metrics=metrics,
         )
+
+
+def test_the_state_topics_are_created_compacted(make_settings: Any) -> None:
+    """Preferences and suppressions keep the latest record per key; a second call is a no-op."""
+    settings: Settings = make_settings()
+    assert state_topics(settings) == ensure_state_topics(settings)
+    assert [] == ensure_state_topics(settings)
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    resources = [ConfigResource(ResourceType.TOPIC, t) for t in state_topics(settings)]
+    for future in admin.describe_configs(resources).values():
+        assert "compact" == future.result(timeout=30)["cleanup.policy"].value
 
 
 def _client() -> httpx.AsyncClient:
