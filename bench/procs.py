@@ -251,6 +251,7 @@ class Herald:
                 "HERALD_POLICY__STATE_PATH": str(workdir / f"policy-{instance}.sqlite3"),
                 "HERALD_IDEMPOTENCY__PATH": str(workdir / f"idempotency-{instance}.sqlite3"),
                 "HERALD_HTTP__HOST": "127.0.0.1",
+                "HERALD_PUBLIC__PORT": "0",
             }
         )
         return env

@@ -30,15 +30,13 @@ from service.kafka.transactions import TransactionalProducer
 from service.metrics import Metrics
 from service.outcomes.records import OutcomeCodec
 from service.outcomes.retries import RetryPolicy
-from service.policy.pace import Pace, PaceMetrics
 from service.policy.policy import Policy
 from service.policy.state import PolicyState, address_key
 from service.render.renderer import Renderer
 from service.routing import RoutingTable, load_table
+from service.runtime import open_policy, open_public
 from service.settings import Settings
 from service.stores.idempotency import IdempotencyStore, open_store
-from service.stores.pace import open_pace_store
-from service.stores.running import running_stores
 
 log = structlog.get_logger("herald")
 
@@ -183,6 +181,7 @@ class Herald:
         self._lanes: list[Lane] = []
         self._policy: PolicyState | None = None
         self.http_port: int | None = None
+        self.public_port: int | None = None
         self.started = asyncio.Event()
 
     @property
@@ -218,6 +217,8 @@ class Herald:
                 HttpEndpoint(self.metrics, s.http.host, s.http.port, lambda: self.ready)
             )
             self.http_port = http.port
+            public = await open_public(stack, s, self.loaded.store, self.loaded.table, self.metrics)
+            self.public_port = public.port if public else None
             self._lanes = [
                 Lane(
                     k.model_copy(update={"client_id": k.client_id + plan.suffix}),
@@ -290,18 +291,8 @@ class Herald:
             Mailer(s.smtp, self.metrics, express_slots=reserved)
         )
         mailer.warm_in_background()
-        live = await stack.enter_async_context(running_stores(s, self.loaded.store, self.metrics))
-        pace_store = await stack.enter_async_context(
-            open_pace_store(s.pace, redis_url=s.idempotency.redis_url.get_secret_value())
-        )
-        self._policy = PolicyState(
-            tables=live.tables,
-            caps=live.caps,
-            address_key=address_key(s),
-            categories=self.loaded.table.categories,
-            pace=Pace(s.pace, pace_store, metrics=PaceMetrics(self.metrics.registry)),
-            hold_s=s.pace.hold_s,
-            healthy=lambda: live.healthy,
+        self._policy = await open_policy(
+            stack, s, self.loaded.store, self.loaded.table, self.metrics
         )
         local = LocalMessages(self.loaded.renderer, s.mail)
         messages: Messages = local

@@ -13,7 +13,8 @@ HeraldError              retryable · server_wide · outcome_known · dead_lette
 │   └── HeaderInjectionError         CR/LF or another control character bound for a header
 ├── DependencyUnavailable            retryable, server_wide: wait for it, then the same step again
 │   ├── SchemaRegistryUnavailable
-│   └── StoreUnavailable             the idempotency store; sending without it could duplicate
+│   ├── StoreUnavailable             the idempotency store; sending without it could duplicate
+│   └── PreferencesUnavailable       the preferences topic did not take a choice: ask again
 ├── DeliveryError                    the relay refused or failed; carries its reply
 │   ├── TransientDeliveryError       retryable: 4xx, a timeout, a connection lost before DATA
 │   │   ├── StaleConnection          a pooled connection failed its first command: reconnect
@@ -128,6 +129,12 @@ class SchemaRegistryUnavailable(DependencyUnavailable):
 
 class StoreUnavailable(DependencyUnavailable):
     reason = "idempotency_store_unavailable"
+
+
+class PreferencesUnavailable(DependencyUnavailable):
+    """The broker did not acknowledge a consent choice; the public listener answers 503."""
+
+    reason = "preferences_unavailable"
 
 
 class DeliveryError(HeraldError):

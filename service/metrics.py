@@ -162,6 +162,15 @@ class Metrics:
             registry=r,
         )
 
+        self.public_requests = Counter(
+            "herald_public_requests",
+            "Requests to the public listener by route (unsubscribe, healthz, other) and result "
+            "(page, unsubscribed, bad_request, forged, expired, unknown_list, not_one_click, "
+            "too_large, unavailable, ok, not_found, method_not_allowed).",
+            ["route", "result"],
+            registry=r,
+        )
+
     def smtp_attempt(self, error: DeliveryError | None) -> None:
         """Count one SMTP attempt by how it ended."""
         if error is None:

@@ -13,7 +13,10 @@ work=$(mktemp -d)
 port() { "$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 export KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_DATA_DIR=$work/kafka KAFKA_NUM_PARTITIONS=3
 KAFKA_PORT=$(port) KAFKA_CONTROLLER_PORT=$(port)
-smtp_port=$(port) http_port=$(port)
+smtp_port=$(port) http_port=$(port) public_port=$(port)
+# Throw-away keys for this run (the image holds none); `herald demo` below needs them too.
+export HERALD_LINKS__UNSUBSCRIBE_SECRET=image-smoke-only-unsubscribe-key
+export HERALD_POLICY__ADDRESS_KEY=image-smoke-only-address-key-0123456789
 ctr="" outbox="" runner=""
 
 cleanup() {
@@ -36,7 +39,9 @@ ctr=$("${buildah[@]}" from --quiet "$TAG")
 run=("${buildah[@]}" run --isolation chroot
   --env "HERALD_KAFKA__BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT"
   --env "HERALD_KAFKA__TRANSACTIONAL_ID=image-smoke-0"
-  --env "HERALD_HTTP__PORT=$http_port"
+  --env "HERALD_HTTP__PORT=$http_port" --env "HERALD_PUBLIC__PORT=$public_port"
+  --env "HERALD_LINKS__UNSUBSCRIBE_SECRET=$HERALD_LINKS__UNSUBSCRIBE_SECRET"
+  --env "HERALD_POLICY__ADDRESS_KEY=$HERALD_POLICY__ADDRESS_KEY"
   --env "HERALD_SMTP__HOST=127.0.0.1" --env "HERALD_SMTP__PORT=$smtp_port"
   --env "HERALD_SMTP__TLS=none"
   "$ctr" --)

@@ -15,7 +15,7 @@ import structlog
 
 from service.errors import HeraldError
 from service.events.schemas import SchemaStore
-from service.kafka.admin import ensure_topics
+from service.kafka.admin import ensure_state_topics, state_topics
 from service.metrics import Metrics
 from service.settings import Settings
 from service.stores.caps import CapStore, RedisCaps, SqliteCaps
@@ -26,7 +26,6 @@ from service.stores.suppressions import SUPPRESSION_SCHEMA, SuppressionCodec
 from service.stores.tables import PolicyTables
 
 log = structlog.get_logger("herald.policy")
-COMPACTED = {"cleanup.policy": "compact"}
 _ROWS_EVERY_S = 10.0
 
 
@@ -51,12 +50,6 @@ def codecs(schemas: SchemaStore) -> tuple[PreferenceCodec, SuppressionCodec]:
     )
 
 
-def state_topics(settings: Settings) -> tuple[str, str]:
-    """The preferences and suppressions topics, prefixed."""
-    p, k = settings.policy, settings.kafka
-    return k.topic_prefix + p.preferences_topic, k.topic_prefix + p.suppressions_topic
-
-
 def open_tables(settings: Settings, schemas: SchemaStore) -> PolicyTables:
     preferences, suppressions = codecs(schemas)
     return PolicyTables(settings.policy.state_path, preferences, suppressions)
@@ -66,17 +59,6 @@ def open_caps(settings: Settings) -> CapStore:
     if settings.policy.caps_backend == "redis":
         return RedisCaps(settings.idempotency.redis_url.get_secret_value())
     return SqliteCaps(settings.policy.state_path.with_suffix(".caps.sqlite3"))
-
-
-def ensure_state_topics(settings: Settings) -> None:
-    """Create the compacted topics where they are missing."""
-    k = settings.kafka
-    ensure_topics(
-        k.librdkafka(),
-        list(state_topics(settings)),
-        partitions=k.own_topic_partitions,
-        config=COMPACTED,
-    )
 
 
 @contextlib.asynccontextmanager

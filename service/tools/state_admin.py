@@ -18,11 +18,12 @@ import confluent_kafka
 
 from service.errors import HeraldError
 from service.events.schemas import SchemaStore
+from service.kafka.admin import ensure_state_topics, state_topics
 from service.policy.rules import SUPPRESSION_REASONS
 from service.policy.state import address_key
 from service.settings import Settings
 from service.stores.follower import Follower
-from service.stores.running import codecs, ensure_state_topics, open_caps, state_topics
+from service.stores.running import codecs, open_caps
 from service.stores.suppressions import (
     Scope,
     Suppression,

@@ -211,6 +211,7 @@ class Run:
                 "HERALD_SMTP__PORT": str(self.smtp.port),
                 "HERALD_SMTP__TLS": "none",
                 "HERALD_HTTP__HOST": "127.0.0.1",
+                "HERALD_PUBLIC__PORT": "0",
                 "HERALD_LOG__FORMAT": "json",
                 **SECRETS_ENV,
                 "HERALD_ROUTING_FILE": str(ROOT / "deploy" / "routing.yaml"),

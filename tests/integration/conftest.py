@@ -238,6 +238,7 @@ def integration_settings(
             "retry_backoff_ms": 10,
         },
         "http": {"host": "127.0.0.1", "port": 0},
+        "public": {"host": "127.0.0.1", "port": 0},
         "processing": {"commit_interval_ms": 100, "shutdown_timeout_s": 10},
         "idempotency": {"path": state_dir / "idempotency.sqlite3"},
         "retry": {"delays_s": [1, 2]},

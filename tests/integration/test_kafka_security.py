@@ -118,6 +118,7 @@ def test_a_wrong_password_fails_to_connect_and_is_never_logged(
             "HERALD_KAFKA__TOPIC_PREFIX": prefix,
             "HERALD_KAFKA__GROUP_ID": f"{prefix}herald",
             "HERALD_HTTP__PORT": "0",
+            "HERALD_PUBLIC__PORT": "0",
             "HERALD_IDEMPOTENCY__PATH": str(tmp_path / "idempotency.sqlite3"),
             "HERALD_LOG__LEVEL": "DEBUG",
             **SECRETS_ENV,

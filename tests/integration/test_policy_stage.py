@@ -16,10 +16,11 @@ import pytest
 from service.app import Loaded
 from service.cli import build_parser
 from service.events.schemas import encode_single_object
+from service.kafka.admin import ensure_state_topics, state_topics
 from service.outcomes.records import decode_outcome
 from service.settings import Settings
 from service.stores.consent import Preference
-from service.stores.running import codecs, ensure_state_topics, state_topics
+from service.stores.running import codecs
 from service.stores.suppressions import Scope, Suppression, address_digest, address_hint
 from service.testing import SmtpServer
 from service.tools.state_admin import publish

@@ -1,0 +1,60 @@
+"""The long-lived parts `herald run` opens beside its lanes: the policy stage's state (tables
+restored from their topics, caps, pace) and the public listener."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from service.events.schemas import SchemaStore
+from service.metrics import Metrics
+from service.policy.pace import Pace, PaceMetrics
+from service.policy.state import PolicyState, address_key
+from service.public import PublicServer, start_public
+from service.render.renderer import unsubscribe_keys
+from service.routing import RoutingTable
+from service.settings import Settings
+from service.stores.pace import open_pace_store
+from service.stores.running import running_stores
+
+
+async def open_policy(
+    stack: AsyncExitStack,
+    settings: Settings,
+    schemas: SchemaStore,
+    table: RoutingTable,
+    metrics: Metrics,
+) -> PolicyState:
+    """The state, its tables caught up with their topics; closed with `stack`."""
+    s = settings
+    live = await stack.enter_async_context(running_stores(s, schemas, metrics))
+    pace_store = await stack.enter_async_context(
+        open_pace_store(s.pace, redis_url=s.idempotency.redis_url.get_secret_value())
+    )
+    return PolicyState(
+        tables=live.tables,
+        caps=live.caps,
+        address_key=address_key(s),
+        categories=table.categories,
+        pace=Pace(s.pace, pace_store, metrics=PaceMetrics(metrics.registry)),
+        hold_s=s.pace.hold_s,
+        healthy=lambda: live.healthy,
+    )
+
+
+async def open_public(
+    stack: AsyncExitStack,
+    settings: Settings,
+    schemas: SchemaStore,
+    table: RoutingTable,
+    metrics: Metrics,
+) -> PublicServer | None:
+    """The public listener for one-click unsubscribe of the table's optional routes; None
+    when it is disabled."""
+    categories = {
+        r.spec.type: r.spec.category.value
+        for routes in table.routes.values()
+        for r in routes
+        if r.spec.category.optional
+    }
+    keys = unsubscribe_keys(settings.links)
+    return await start_public(settings, keys, schemas, metrics, categories, stack)
