@@ -158,6 +158,12 @@ def _when(text: str | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def cmd_feedback(settings: Settings, args: argparse.Namespace) -> int:
+    from service.feedback.intake import run_intake
+
+    return run_intake(settings, args.paths, sys.stdout)
+
+
 def cmd_outbox(_: Settings, args: argparse.Namespace) -> int:
     from service.tools.outbox import serve
 
@@ -230,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="consider every dead letter, not only those after the last redrive",
     )
     r.set_defaults(fn=cmd_redrive)
+    f = sub.add_parser(
+        "feedback", help="publish bounces and complaints from .eml files and maildirs"
+    )
+    f.add_argument("paths", nargs="+", type=Path, help=".eml files, maildirs, or folders of .eml")
+    f.set_defaults(fn=cmd_feedback)
     o = sub.add_parser("outbox", help="local SMTP server that saves each message as .eml")
     o.add_argument("--directory", type=Path, default=Path("var/outbox"))
     o.add_argument("--host", default="127.0.0.1")

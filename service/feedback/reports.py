@@ -193,7 +193,10 @@ def _other_bounce(raw: bytes, msg: Message, token: str | None, when: datetime) -
         raise FeedbackError(f"flufl.bounce failed on the message: {type(exc).__name__}") from exc
     message_id = _original_message_id(msg)
     out = []
-    for kind, found in ((FeedbackKind.HARD_BOUNCE, permanent), (FeedbackKind.SOFT_BOUNCE, temporary)):
+    for kind, found in (
+        (FeedbackKind.HARD_BOUNCE, permanent),
+        (FeedbackKind.SOFT_BOUNCE, temporary),
+    ):
         for address in sorted(found)[:MAX_RECIPIENTS]:
             text = address.decode("utf-8", "replace") if isinstance(address, bytes) else address
             recipient = clip(text.strip().strip("<>"), 320)
@@ -264,7 +267,7 @@ def _original_recipients(msg: Message) -> list[str]:
     """The To of the returned message or headers (an ARF report without Original-Rcpt-To)."""
     for part in msg.walk():
         ctype = part.get_content_type()
-        headers: Message | None = None
+        headers: object = None
         if ctype in _MESSAGE_PARTS:
             payload = part.get_payload()
             headers = payload[0] if isinstance(payload, list) and payload else None
