@@ -4,7 +4,6 @@ Mailgun. Pure: JSON bytes in, values or a FeedbackError out; signatures are `sig
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,7 +97,7 @@ def ses_feedback(envelope: dict[str, Any], now: datetime | None = None) -> list[
     sns_id = envelope.get("MessageId")
     if kind_name == "Bounce":
         bounce = message.get("bounce") or {}
-        kind = SES_BOUNCE.get(_get(bounce, "bounceType"), FeedbackKind.SOFT_BOUNCE)
+        kind = SES_BOUNCE.get(str(_get(bounce, "bounceType")), FeedbackKind.SOFT_BOUNCE)
         people = _get(bounce, "bouncedRecipients")
         event_id, when = _get(bounce, "feedbackId") or sns_id, _get(bounce, "timestamp")
     elif kind_name == "Complaint":
@@ -247,16 +246,14 @@ def mailgun_feedback(payload: dict[str, Any], now: datetime | None = None) -> li
     if not isinstance(data, dict):
         raise FeedbackError("Mailgun: the body has no event-data object")
     name, severity = data.get("event"), data.get("severity")
-    kinds: dict[Any, Callable[[], FeedbackKind | None]] = {
-        "failed": lambda: (
-            FeedbackKind.HARD_BOUNCE if severity == "permanent" else FeedbackKind.SOFT_BOUNCE
-        ),
-        "complained": lambda: FeedbackKind.COMPLAINT,
-        "delivered": lambda: FeedbackKind.DELIVERED,
-    }
-    pick = kinds.get(name)
-    kind = pick() if pick else None
-    if kind is None:
+    if name == "failed":
+        permanent = severity == "permanent"
+        kind = FeedbackKind.HARD_BOUNCE if permanent else FeedbackKind.SOFT_BOUNCE
+    elif name == "complained":
+        kind = FeedbackKind.COMPLAINT
+    elif name == "delivered":
+        kind = FeedbackKind.DELIVERED
+    else:
         return []
     recipient = _address(data.get("recipient"))
     if recipient is None:
