@@ -54,7 +54,7 @@ async def _intake(settings: Settings, paths: list[Path], out: TextIO) -> int:
                     raw,
                     verp_prefix=group.verp_prefix,
                     received_at=received,
-                    max_bytes=group.smtp_max_message_bytes,
+                    max_bytes=group.max_report_bytes,
                 )
             except FeedbackError as exc:
                 failed += 1

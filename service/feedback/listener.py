@@ -37,7 +37,7 @@ class BounceListener:
         self._server = await loop.create_server(
             lambda: SMTP(
                 self,
-                data_size_limit=s.smtp_max_message_bytes,
+                data_size_limit=s.max_report_bytes,
                 enable_SMTPUTF8=True,
                 hostname=self._domain,
                 ident="Herald bounce listener",
@@ -85,7 +85,7 @@ class BounceListener:
                 raw,
                 verp_prefix=self._settings.verp_prefix,
                 envelope_to=list(envelope.rcpt_tos),
-                max_bytes=self._settings.smtp_max_message_bytes,
+                max_bytes=self._settings.max_report_bytes,
             )
         except FeedbackError as exc:
             # Refused rather than dropped: the sending MTA keeps a record of it, and an

@@ -372,3 +372,41 @@ def test_topic_arn_constant_is_an_allowed_form() -> None:
     from service.settings.feedback import FeedbackSettings
 
     assert (TOPIC_ARN,) == FeedbackSettings(ses_topic_arns=(TOPIC_ARN,)).ses_topic_arns
+
+
+async def test_subscription_is_confirmed_only_on_sns_hosts() -> None:
+    """SubscribeURL gets the same host check as the certificate URL before it is fetched."""
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> bytes:
+        fetched.append(url)
+        return b""
+
+    certificates = SnsCertificates(fetch)
+    good = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=t"
+    await certificates.confirm(good)
+    for bad in ("http://sns.eu-west-1.amazonaws.com/?x", "https://evil.example/?x", None):
+        with pytest.raises(FeedbackError):
+            await certificates.confirm(bad)
+    assert [good] == fetched
+
+
+def test_settings_refuse_a_key_that_is_not_p256() -> None:
+    """A SendGrid key that does not load, or an RSA key, stops start-up, not the first POST."""
+    from pydantic import ValidationError
+
+    from service.settings.feedback import FeedbackSettings
+
+    _, public = sendgrid_keys()
+    assert FeedbackSettings(sendgrid_public_key=public).sendgrid_public_key is not None
+    rsa_key, _ = rsa_certificate()
+    rsa_pem = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    for bad in ("not base64 at all!", base64.b64encode(b"junk").decode()):
+        with pytest.raises(ValidationError, match="not a public key"):
+            FeedbackSettings(sendgrid_public_key=bad)
+    with pytest.raises(ValidationError, match="not an ECDSA P-256 key"):
+        FeedbackSettings(sendgrid_public_key=rsa_pem.decode())
+    with pytest.raises(ValidationError, match="SNS topic ARN"):
+        FeedbackSettings(ses_topic_arns=("arn:aws:s3:::bucket",))
