@@ -105,13 +105,19 @@ def report_digest(raw: bytes, *parts: str) -> str:
     return h.hexdigest()
 
 
+def _utf8(text: str) -> str:
+    """`text` with lone surrogates (JSON's `\\ud800`, surrogateescape) as `?`: Avro strings
+    are UTF-8, and a record that cannot be encoded must not get as far as the producer."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def scrub(text: str | None, limit: int = MAX_DIAGNOSTIC_CHARS) -> str | None:
     """Diagnostic text with every address-like run replaced by `<address>`, whitespace folded,
     and cut to `limit` characters; None for nothing left."""
     if text is None:
         return None
     # Cut before the regex as well, so a hostile megabyte is never scanned whole.
-    folded = " ".join(text[: limit * 4].split())
+    folded = " ".join(_utf8(text[: limit * 4]).split())
     cleaned = _ADDRESS.sub("<address>", folded)[:limit].strip()
     return cleaned or None
 
@@ -120,7 +126,7 @@ def clip(text: str | None, limit: int = MAX_FIELD_CHARS) -> str | None:
     """Text from a report, stripped and cut to `limit`; None for nothing left."""
     if text is None:
         return None
-    out = " ".join(str(text)[:limit].split())
+    out = " ".join(_utf8(str(text)[:limit]).split())
     return out or None
 
 
@@ -128,7 +134,7 @@ def bare_message_id(value: str | None) -> str | None:
     """A Message-ID without its angle brackets or surrounding space; None if there is none."""
     if not value:
         return None
-    text = str(value).strip()
+    text = _utf8(str(value)).strip()
     if text.startswith("<"):
         end = text.find(">")
         text = text[1:end] if end > 0 else text[1:]

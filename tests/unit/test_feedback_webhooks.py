@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.errors import FeedbackError
-from service.feedback.model import Feedback, FeedbackKind
+from service.events.schemas import SchemaStore
+from service.feedback.model import Feedback, FeedbackKind, feedback_codec
 from service.feedback.signatures import (
     SnsCertificates,
     check_basic_auth,
@@ -30,6 +31,7 @@ from service.feedback.webhooks import (
     sendgrid_feedback,
     ses_feedback,
 )
+from tests.conftest import ROOT
 from tests.feedback_samples import (
     CERT_URL,
     MAILGUN_KEY,
@@ -44,6 +46,15 @@ from tests.feedback_samples import (
 )
 
 ORIGINAL = "a1b2c3d4e5f60718293a4b5c6d7e8f90@mail.example.net"
+CODEC = feedback_codec(SchemaStore.load(ROOT / "schemas"))
+
+
+def _encodes(items: list[Feedback]) -> bool:
+    """Every item is a Feedback that the MailFeedback codec takes."""
+    for item in items:
+        assert isinstance(item, Feedback)
+        CODEC.encode(item.to_record())
+    return True
 
 
 # SES via SNS
@@ -322,7 +333,7 @@ def test_any_body_gives_feedback_or_an_error(body: bytes) -> None:
     """Every parser answers any bytes with values or a FeedbackError."""
     for parse in (postmark_feedback, sendgrid_feedback):
         with contextlib.suppress(FeedbackError):
-            assert all(isinstance(i, Feedback) for i in parse(body))
+            assert _encodes(parse(body))
 
 
 _JSON = st.recursive(
@@ -365,7 +376,7 @@ def test_any_json_gives_feedback_or_an_error(outer: dict[str, Any], inner: dict[
     ]
     for call in calls:
         with contextlib.suppress(FeedbackError):
-            assert all(isinstance(i, Feedback) for i in call())
+            assert _encodes(call())
 
 
 def test_topic_arn_constant_is_an_allowed_form() -> None:
@@ -410,3 +421,12 @@ def test_settings_refuse_a_key_that_is_not_p256() -> None:
         FeedbackSettings(sendgrid_public_key=rsa_pem.decode())
     with pytest.raises(ValidationError, match="SNS topic ARN"):
         FeedbackSettings(ses_topic_arns=("arn:aws:s3:::bucket",))
+
+
+def test_lone_surrogates_in_json_still_encode() -> None:
+    """JSON may escape a lone surrogate (`\\ud800`), which UTF-8 cannot carry: it becomes `?`."""
+    body = b'[{"event": "bounce", "email": "a\\ud800b@example.com", "reason": "x\\udfff",'
+    body += b' "sg_event_id": "id\\ud800", "smtp-id": "<m\\ud800@x>"}]'
+    [f] = sendgrid_feedback(body)
+    assert ("a?b@example.com", "m?@x", "sendgrid:id?") == (f.recipient, f.message_id, f.feedback_id)
+    CODEC.encode(f.to_record())
