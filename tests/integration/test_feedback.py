@@ -32,7 +32,6 @@ from service.settings.feedback import FeedbackSettings
 from service.testing import free_port
 from tests.conftest import ROOT, project_settings
 from tests.feedback_samples import (
-    CERT_URL,
     MAILGUN_KEY,
     TOPIC_ARN,
     mailgun_payload,
@@ -321,18 +320,26 @@ async def test_postmark_with_basic_auth(settings: Settings) -> None:
 
 
 async def test_ses_notification_signed_by_sns(settings: Settings) -> None:
-    """An SES bounce inside a signed SNS notification. The certificate fetch is replaced
-    because AWS's host is not reachable offline; the URL check and the RSA verification are
-    the real ones."""
+    """A signed subscription confirmation is confirmed, then an SES bounce inside a signed SNS
+    notification is published, a tampered one refused. The fetch (certificate, SubscribeURL)
+    is replaced because AWS's host is not reachable offline; the URL checks and the RSA
+    verification are the real ones."""
     key, pem = rsa_certificate()
+    fetched: list[str] = []
 
     async def fetch(url: str) -> bytes:
-        assert CERT_URL == url
+        fetched.append(url)
         return pem
 
     group = FeedbackSettings(ses_topic_arns=(TOPIC_ARN,))
     envelope = sns_envelope(key, ses_bounce())
+    subscribe = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&Token=t0"
+    confirmation = sns_envelope(
+        key, {}, Type="SubscriptionConfirmation", SubscribeURL=subscribe, Token="t0"
+    )
     async with _webhooks(settings, group, SnsCertificates(fetch)) as (client, _):
+        confirmed = await client.post("/feedback/ses", json=confirmation)
+        assert (200, {"published": 0}) == (confirmed.status_code, confirmed.json())
         tampered = {**envelope, "Message": envelope["Message"].replace("5.1.1", "5.1.2")}
         refused = await client.post("/feedback/ses", json=tampered)
         assert 401 == refused.status_code
