@@ -25,6 +25,8 @@ class FeedbackPublisher:
 
     Its own bridge rather than `confluent_kafka.aio.AIOProducer`, which buffers records for up
     to its `buffer_timeout` before producing them: a bounce waits here for the broker only.
+    A record not acknowledged in time stays queued in librdkafka and may still arrive after
+    its sender was told to retry; the retry's copy has the same `feedback_id`.
     """
 
     def __init__(
