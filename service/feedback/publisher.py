@@ -71,7 +71,10 @@ class FeedbackPublisher:
                 raise DependencyUnavailable(f"feedback not queued for Kafka: {exc}") from exc
         await loop.run_in_executor(self._thread, self._producer.flush, self._timeout_s)
         failures = [
-            f.exception() if f.done() else TimeoutError("not acknowledged") for f in waiting
+            f.exception()
+            if f.done()
+            else TimeoutError(f"no acknowledgement within {self._timeout_s} s")
+            for f in waiting
         ]
         if errors := [e for e in failures if e is not None]:
             raise DependencyUnavailable(
