@@ -151,8 +151,10 @@ async def test_cli_reads_a_maildir(settings: Settings, tmp_path: Any) -> None:
 
 
 @asynccontextmanager
-async def _listener(settings: Settings, publisher: FeedbackPublisher) -> AsyncIterator[int]:
-    group = FeedbackSettings(bounce_domain="bounce.example.net", smtp_port=0)
+async def _listener(
+    settings: Settings, publisher: FeedbackPublisher, **fields: Any
+) -> AsyncIterator[int]:
+    group = FeedbackSettings(bounce_domain="bounce.example.net", smtp_port=0, **fields)
     async with BounceListener(group, publisher) as listener:
         assert listener.port is not None
         yield listener.port
@@ -189,6 +191,20 @@ async def test_listener_refuses_other_domains_and_unreadable_mail(settings: Sett
             await asyncio.to_thread(_send, port, "bounces+x@bounce.example.net", junk)
         assert 554 == data_error.value.smtp_code
     await read_topic(settings, TOPIC, 0)
+
+
+async def test_listener_refuses_a_report_over_the_size_limit(settings: Settings) -> None:
+    """552 for a message over feedback.max_report_bytes, announced as SIZE (RFC 1870)."""
+    raw = (DATA / "dsn-hard-5.1.1.eml").read_bytes()
+    assert len(raw) > 1024
+    async with (
+        _publisher(settings) as publisher,
+        _listener(settings, publisher, max_report_bytes=1024) as port,
+    ):
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            await asyncio.to_thread(_send, port, "bounces+x@bounce.example.net", raw)
+        assert 552 == refused.value.smtp_code
+        assert 0 == publisher.published
 
 
 async def test_listener_answers_451_when_kafka_does_not_acknowledge(settings: Settings) -> None:
