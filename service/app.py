@@ -201,7 +201,8 @@ class Herald:
         retries = RetryPolicy(s.retry, k.topic_prefix)
         codec = await self._codec()
         dead_letter_topic = k.topic_prefix + k.dead_letter_topic
-        own_topics = [codec.results_topic, dead_letter_topic, *retries.topics]
+        feedback_topic = k.topic_prefix + s.policy.feedback_topic
+        own_topics = [codec.results_topic, dead_letter_topic, *retries.topics, feedback_topic]
         await asyncio.to_thread(
             ensure_topics, k.librdkafka(), own_topics, partitions=k.own_topic_partitions
         )

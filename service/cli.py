@@ -99,7 +99,7 @@ def cmd_preview(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     from service.app import load
-    from service.kafka.admin import ensure_topics
+    from service.kafka.admin import ensure_state_topics, ensure_topics
     from service.outcomes.retries import RetryPolicy
 
     loaded = load(settings)
@@ -109,10 +109,12 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
         k.topic_prefix + k.results_topic,
         k.topic_prefix + k.dead_letter_topic,
         *RetryPolicy(settings.retry, k.topic_prefix).topics,
+        k.topic_prefix + settings.policy.feedback_topic,
     ]
     created = ensure_topics(
         k.librdkafka(), topics, partitions=args.partitions or k.own_topic_partitions
     )
+    created += ensure_state_topics(settings)
     sys.stdout.write(f"topics created: {created or 'none (all exist)'}\n")
     return 0
 
@@ -156,6 +158,12 @@ def _when(text: str | None) -> datetime | None:
         return None
     value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cmd_feedback(settings: Settings, args: argparse.Namespace) -> int:
+    from service.feedback.intake import run_intake
+
+    return run_intake(settings, args.paths, sys.stdout)
 
 
 def cmd_outbox(_: Settings, args: argparse.Namespace) -> int:
@@ -230,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="consider every dead letter, not only those after the last redrive",
     )
     r.set_defaults(fn=cmd_redrive)
+    f = sub.add_parser(
+        "feedback", help="publish bounces and complaints from .eml files and maildirs"
+    )
+    f.add_argument("paths", nargs="+", type=Path, help=".eml files, maildirs, or folders of .eml")
+    f.set_defaults(fn=cmd_feedback)
     o = sub.add_parser("outbox", help="local SMTP server that saves each message as .eml")
     o.add_argument("--directory", type=Path, default=Path("var/outbox"))
     o.add_argument("--host", default="127.0.0.1")

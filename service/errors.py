@@ -32,6 +32,7 @@ HeraldError              retryable · server_wide · outcome_known · dead_lette
 ├── TransactionFailed                retryable: outcomes and offsets aborted together
 ├── ProducerFenced                   fatal: another instance owns this transactional id
 ├── ConsumerFailed                   fatal: the consumer cannot go on
+├── FeedbackError                    a bounce, complaint or webhook that does not read: refused
 └── MarkupUnsafe                     a template's CSS cannot be inlined at load: inlined per mail
 
 Attributes are class-level, except `server_wide`, which a `DeliveryError` is made with (a 421
@@ -255,6 +256,18 @@ class ConsumerFailed(HeraldError):
     """The consumer cannot go on (a fatal Kafka error, a fenced producer): exit non-zero."""
 
     reason = "consumer_failed"
+
+
+class FeedbackError(HeraldError):
+    """A report of what happened after the relay accepted a mail (a DSN, an ARF report, a
+    provider's webhook) that cannot be read or whose signature does not verify; not retried."""
+
+    reason = "feedback_error"
+
+    def __init__(self, message: str, *, unauthenticated: bool = False) -> None:
+        """`unauthenticated`: the report's signature or credentials failed, not its content."""
+        super().__init__(message)
+        self.unauthenticated = unauthenticated
 
 
 class MarkupUnsafe(HeraldError):

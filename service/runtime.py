@@ -1,11 +1,16 @@
 """The long-lived parts `herald run` opens beside its lanes: the policy stage's state (tables
-restored from their topics, caps, pace) and the public listener."""
+restored from their topics, caps, pace), the public listener (one-click unsubscribe, the
+provider webhooks) and the bounce address's SMTP listener."""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
 from service.events.schemas import SchemaStore
+from service.feedback.listener import BounceListener
+from service.feedback.model import feedback_codec
+from service.feedback.publisher import FeedbackPublisher
+from service.feedback.routes import FeedbackWebhooks
 from service.metrics import Metrics
 from service.policy.pace import Pace, PaceMetrics
 from service.policy.state import PolicyState, address_key
@@ -57,4 +62,15 @@ async def open_public(
         if r.spec.category.optional
     }
     keys = unsubscribe_keys(settings.links)
-    return await start_public(settings, keys, schemas, metrics, categories, stack)
+    feedback = await stack.enter_async_context(
+        FeedbackPublisher(
+            settings.kafka,
+            settings.policy,
+            feedback_codec(schemas),
+            timeout_s=settings.feedback.publish_timeout_s,
+        )
+    )
+    if settings.feedback.bounce_domain:
+        await stack.enter_async_context(BounceListener(settings.feedback, feedback))
+    webhooks = FeedbackWebhooks(settings.feedback, feedback).routes
+    return await start_public(settings, keys, schemas, metrics, categories, stack, routes=webhooks)

@@ -8,7 +8,7 @@ answer carries the same strict security headers; no log line holds a user id or 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import tokens
@@ -79,9 +79,11 @@ class PublicApp:
         publish: Publish,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         """`categories`: notification type → category, of optional mail only, for links that
-        do not carry {category}; a category not among its values is never opted out of."""
+        do not carry {category}; a category not among its values is never opted out of.
+        `routes`: more endpoints on this listener (the provider webhooks)."""
         self._link = link
         self._keys = keys
         self._categories = dict(categories)
@@ -89,6 +91,7 @@ class PublicApp:
         self._publish = publish
         self._metrics = metrics
         self._clock = clock
+        self._routes = tuple(routes)
 
     def asgi(self) -> ASGIApp:
         """The Starlette app, wrapped so every response carries the security headers."""
@@ -96,6 +99,7 @@ class PublicApp:
             routes=[
                 Route(self._link.path, self._unsubscribe, methods=["GET", "POST"]),
                 Route("/healthz", self._healthz, methods=["GET"]),
+                *self._routes,
             ],
             exception_handlers={404: self._not_found, 405: self._not_allowed},
         )

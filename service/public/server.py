@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from contextlib import AsyncExitStack
 
 import structlog
 import uvicorn
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from service.errors import ConfigError
@@ -129,6 +130,7 @@ async def start_public(
     stack: AsyncExitStack,
     *,
     publish_timeout_ms: int = 10_000,
+    routes: Sequence[BaseRoute] = (),
 ) -> PublicServer | None:
     """The public listener, started, and its publisher; both close with `stack`. None when
     `public.enabled` is false. `publish_timeout_ms`: how long a choice may take to reach the
@@ -148,7 +150,12 @@ async def start_public(
         PreferencePublisher(settings, codec, timeout_ms=publish_timeout_ms)
     )
     app = PublicApp(
-        link=link, keys=keys, categories=categories, publish=publisher.publish, metrics=metrics
+        link=link,
+        keys=keys,
+        categories=categories,
+        publish=publisher.publish,
+        metrics=metrics,
+        routes=routes,
     )
     public = settings.public
     return await stack.enter_async_context(PublicServer(app.asgi(), public.host, public.port))

@@ -17,6 +17,7 @@ from pydantic_settings import (
 from pydantic_settings.sources import NestedSecretsSettingsSource
 
 from service.errors import ConfigError
+from service.settings.feedback import FeedbackSettings
 from service.settings.groups import (
     UNSUBSCRIBE_FIELDS,
     BrandSettings,
@@ -38,6 +39,7 @@ from service.settings.policy import PolicySettings, PublicSettings
 __all__ = [
     "UNSUBSCRIBE_FIELDS",
     "BrandSettings",
+    "FeedbackSettings",
     "HttpSettings",
     "IdempotencySettings",
     "KafkaSettings",
@@ -86,6 +88,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     policy: PolicySettings = PolicySettings()
     pace: PaceSettings = PaceSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
     public: PublicSettings = PublicSettings()
 
     @classmethod
