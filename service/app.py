@@ -26,6 +26,7 @@ from service.flow.messages import LocalMessages, Messages, Recipe
 from service.flow.plan import LanePlan, express_priority, plan_lanes
 from service.flow.workers import WorkerMessages
 from service.kafka.admin import ensure_topics
+from service.kafka.records import TopicPartition
 from service.kafka.transactions import TransactionalProducer
 from service.metrics import Metrics
 from service.outcomes.records import OutcomeCodec
@@ -188,6 +189,11 @@ class Herald:
     def policy(self) -> PolicyState | None:
         """The policy stage's state while running (its tables, caps and rules)."""
         return self._policy
+
+    @property
+    def assigned(self) -> frozenset[TopicPartition]:
+        """The partitions this instance holds now, over its lanes."""
+        return frozenset(tp for lane in self._lanes for tp in lane.assigned)
 
     @property
     def ready(self) -> bool:

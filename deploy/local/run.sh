@@ -54,6 +54,8 @@ cat <<BANNER
   SMTP capture     127.0.0.1:${OUTBOX_PORT}   -> var/outbox/*.eml
 ${registry_line:+$registry_line
 }  Metrics          http://127.0.0.1:${HERALD_HTTP__PORT:-9464}/metrics   (/healthz, /readyz)
+  Public listener  http://127.0.0.1:${HERALD_PUBLIC__PORT:-8080}/   (one-click unsubscribe, /feedback/<provider>)
+  Suppressions     herald suppress list · herald suppress add <address> · herald forget <user id>
   Try it           make demo   (in another terminal)
   Stop             Ctrl-C
 

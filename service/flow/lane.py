@@ -133,6 +133,11 @@ class Lane:
         """Running and past the first group join, so records will flow if there are any."""
         return self.state is LaneState.RUNNING
 
+    @property
+    def assigned(self) -> frozenset[TP]:
+        """The partitions this lane holds now."""
+        return frozenset(self._client.assigned)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set, then drain, commit and leave the group."""
         self._client.subscribe(
