@@ -84,6 +84,26 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.feedback_processed = Counter(
+            "herald_feedback_processed",
+            "Feedback records processed, by kind (hard_bounce, soft_bounce, complaint, "
+            "delivered) and whether they named a mail Herald sent (correlated: true, with a "
+            "correction published; false: a foreign Message-ID, suppression only).",
+            ["kind", "correlated"],
+            registry=r,
+        )
+        self.feedback_suppressions = Counter(
+            "herald_feedback_suppressions",
+            "Suppressions published from feedback, by reason (hard_bounce, complaint, "
+            "soft_bounces).",
+            ["reason"],
+            registry=r,
+        )
+        self.feedback_undecodable = Counter(
+            "herald_feedback_undecodable",
+            "Records of the feedback topic that could not be read; skipped.",
+            registry=r,
+        )
         self.retries_scheduled = Counter(
             "herald_retries_scheduled",
             "Notifications handed to a retry topic after transient failures.",

@@ -1,6 +1,7 @@
 """The long-lived parts `herald run` opens beside its lanes: the policy stage's state (tables
 restored from their topics, caps, pace), the public listener (one-click unsubscribe, the
-provider webhooks) and the bounce address's SMTP listener."""
+provider webhooks), the bounce address's SMTP listener, and the feedback processor
+(corrections and suppressions from feedback)."""
 
 from __future__ import annotations
 
@@ -9,17 +10,21 @@ from contextlib import AsyncExitStack
 from service.events.schemas import SchemaStore
 from service.feedback.listener import BounceListener
 from service.feedback.model import feedback_codec
+from service.feedback.processor import FeedbackProcessor
 from service.feedback.publisher import FeedbackPublisher
 from service.feedback.routes import FeedbackWebhooks
+from service.kafka.admin import state_topics
 from service.metrics import Metrics
+from service.outcomes.records import OutcomeCodec
 from service.policy.pace import Pace, PaceMetrics
 from service.policy.state import PolicyState, address_key
 from service.public import PublicServer, start_public
 from service.render.renderer import unsubscribe_keys
 from service.routing import RoutingTable
 from service.settings import Settings
+from service.stores.caps import CapStore
 from service.stores.pace import open_pace_store
-from service.stores.running import running_stores
+from service.stores.running import codecs, running_stores
 
 
 async def open_policy(
@@ -74,3 +79,33 @@ async def open_public(
         await stack.enter_async_context(BounceListener(settings.feedback, feedback))
     webhooks = FeedbackWebhooks(settings.feedback, feedback).routes
     return await start_public(settings, keys, schemas, metrics, categories, stack, routes=webhooks)
+
+
+async def open_feedback_processor(
+    stack: AsyncExitStack,
+    settings: Settings,
+    schemas: SchemaStore,
+    metrics: Metrics,
+    outcomes: OutcomeCodec,
+    caps: CapStore,
+) -> FeedbackProcessor:
+    """The feedback processor, consuming until `stack` closes: corrections on the results
+    topic (through `outcomes`, so they are written as the outcomes are), suppressions on
+    theirs, soft bounces counted in `caps` (the policy stage's)."""
+    s = settings
+    _, suppressions = codecs(schemas)
+    return await stack.enter_async_context(
+        FeedbackProcessor(
+            s.kafka,
+            s.feedback,
+            feedback_topic=s.kafka.topic_prefix + s.policy.feedback_topic,
+            suppressions_topic=state_topics(s)[1],
+            feedback=feedback_codec(schemas),
+            outcomes=outcomes,
+            suppressions=suppressions,
+            caps=caps,
+            address_key=address_key(s),
+            id_domain=s.mail.id_domain,
+            metrics=metrics,
+        )
+    )

@@ -264,8 +264,7 @@ def compose(letter: Letter, mail: MailSettings, now: datetime) -> Email:
     the CPU of a mail; tests parse the result back with the standard library.
     """
     to_addr = checked_address(letter.to_address)
-    domain = mail.message_id_domain or mail.from_address.rsplit("@", 1)[-1]
-    mid = message_id(letter.key, domain)
+    mid = message_id(letter.key, mail.id_domain)
     # "=_" cannot occur in base64; `_part` encodes a text holding the delimiter.
     boundary = f"=_herald_{letter.key}"
     headers = _headers(letter, mail, to_addr, mid, now)

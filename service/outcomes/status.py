@@ -15,3 +15,17 @@ class Status(StrEnum):
     DEDUPLICATED = "DEDUPLICATED"
     DEAD_LETTERED = "DEAD_LETTERED"
     UNKNOWN = "UNKNOWN"
+    BOUNCED = "BOUNCED"
+    """A correction: a hard or soft bounce came back after the relay took the mail."""
+    COMPLAINED = "COMPLAINED"
+    """A correction: the recipient reported the mail as spam or abuse."""
+    DELIVERED = "DELIVERED"
+    """A correction: the receiving system reported delivery."""
+
+    @property
+    def correction(self) -> bool:
+        """True for the statuses that follow a terminal outcome, from feedback."""
+        return self in _CORRECTIONS
+
+
+_CORRECTIONS = frozenset({Status.BOUNCED, Status.COMPLAINED, Status.DELIVERED})

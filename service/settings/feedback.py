@@ -1,5 +1,5 @@
-"""Settings of feedback intake: the bounce address, its SMTP listener, and the provider
-webhooks' credentials (`HERALD_FEEDBACK__*` once the group is added to `Settings`)."""
+"""Settings of feedback: intake (the bounce address, its SMTP listener, the provider webhooks'
+credentials) and what the feedback processor suppresses (`HERALD_FEEDBACK__*`)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,17 @@ class FeedbackSettings(BaseModel):
     """Mailgun's HTTP webhook signing key; unset refuses Mailgun."""
     ses_topic_arns: tuple[str, ...] = ()
     """SNS topics whose SES notifications are taken; empty refuses SES."""
+    suppress_hard_bounces: bool = True
+    """A hard bounce suppresses the address for every mail (scope ALL, reason hard_bounce)."""
+    suppress_complaints: bool = True
+    """A complaint suppresses the address for optional mail (scope OPTIONAL, reason complaint)."""
+    soft_bounce_limit: int = Field(default=3, ge=1, le=1000)
+    """This many distinct soft bounces of one address within the window suppress it for a
+    while (scope ALL, reason soft_bounces)."""
+    soft_bounce_window_h: int = Field(default=72, ge=1, le=24 * 365)
+    """The rolling window soft bounces are counted in, in hours."""
+    soft_bounce_suppress_days: int = Field(default=7, ge=1, le=3650)
+    """How long the soft-bounce suppression lasts, in days."""
 
     @field_validator("sendgrid_public_key")
     @classmethod

@@ -209,6 +209,11 @@ class MailSettings(_Group):
     _check_name = field_validator("from_name")(_display_name)
     _check_domain = field_validator("message_id_domain")(_domain_name)
 
+    @property
+    def id_domain(self) -> str:
+        """The domain of Herald's Message-IDs: `message_id_domain`, else `from_address`'s."""
+        return self.message_id_domain or self.from_address.rsplit("@", 1)[-1]
+
     @field_validator("recipient_hash_secret")
     @classmethod
     def _key_for_hashes(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
