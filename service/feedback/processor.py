@@ -12,7 +12,6 @@ published twice is one record of the compacted topic.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -109,8 +108,6 @@ class FeedbackProcessor:
         self.corrections = 0
         self.suppressed = 0
         self.undecodable = 0
-        self.seconds_to_publish: list[float] = []
-        """Per batch: from its poll to its acknowledgement (monotonic), for the tests' figures."""
 
     async def __aenter__(self) -> FeedbackProcessor:
         loop = asyncio.get_running_loop()
@@ -157,7 +154,6 @@ class FeedbackProcessor:
             )
             if not messages:
                 continue
-            began = time.monotonic()
             try:
                 outbound, offsets = await self._handle(messages)
                 await self._publish(outbound)
@@ -167,7 +163,6 @@ class FeedbackProcessor:
                 await loop.run_in_executor(self._polling, self._rewind, messages)
                 await asyncio.sleep(_BACKOFF_S)
                 continue
-            self.seconds_to_publish.append(time.monotonic() - began)
             await loop.run_in_executor(self._polling, self._commit, offsets)
 
     async def _handle(self, messages: Sequence[Any]) -> tuple[list[Outbound], list[TopicPartition]]:

@@ -8,7 +8,7 @@ import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,7 @@ from service.feedback.intake import run_intake
 from service.feedback.model import Feedback, FeedbackKind, feedback_codec
 from service.feedback.processor import FeedbackProcessor
 from service.feedback.publisher import FeedbackPublisher
-from service.outcomes.records import OutcomeCodec, decode_outcome
-from service.runtime import open_feedback_processor
+from service.outcomes.records import decode_outcome
 from service.settings import Settings
 from service.stores.running import codecs
 from service.stores.suppressions import Scope, Suppression, address_digest
@@ -37,18 +36,10 @@ FEEDBACK = "mail.feedback"
 
 @asynccontextmanager
 async def _herald(settings: Settings) -> AsyncIterator[tuple[Herald, FeedbackProcessor]]:
-    """Herald running, with the feedback processor opened as `herald run` opens it."""
-    async with running(settings) as herald, AsyncExitStack() as stack:
-        state = herald.policy
-        assert state is not None
-        codec = OutcomeCodec(
-            results_topic=settings.kafka.topic_prefix + settings.kafka.results_topic,
-            schema=OutcomeCodec.outcome_schema(herald.loaded.store),
-        )
-        processor = await open_feedback_processor(
-            stack, settings, herald.loaded.store, herald.metrics, codec, state.caps
-        )
-        yield herald, processor
+    """Herald running, with the feedback processor `herald run` opens beside its lanes."""
+    async with running(settings) as herald:
+        assert herald.feedback is not None
+        yield herald, herald.feedback
 
 
 def _outcome(loaded: Loaded, m: Any) -> dict[str, Any]:

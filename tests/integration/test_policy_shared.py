@@ -16,23 +16,27 @@ from service.testing import SmtpServer
 from tests.conftest import example_record
 from tests.integration.conftest import create_topics, read_topic, running, wait_for
 
+ACTIVITY = ("comment.mentioned", "task.assigned", "onboarding.step_due")
+"""Event types whose one notification is in the category `activity`, which the test caps."""
 
-def _mention(loaded: Loaded, key: str, email: str) -> tuple[str, bytes, bytes]:
-    record = example_record(loaded, "comment.mentioned")
+
+def _event(loaded: Loaded, event_type: str, email: str) -> bytes:
+    record = example_record(loaded, event_type)
     record["event_id"] = str(uuid.uuid4())
     record["recipient"]["email"] = email
-    schema = loaded.store.reader(loaded.table.events["comment.mentioned"].schema_)
+    schema = loaded.store.reader(loaded.table.events[event_type].schema_)
     assert schema is not None
-    return "comment.mentioned", key.encode(), encode_single_object(schema, record)
+    return encode_single_object(schema, record)
 
 
 async def test_two_instances_share_a_cap_and_the_relay_burst(
     make_settings: Any, smtp: SmtpServer, loaded: Loaded, redis_url: str, tmp_path: Any
 ) -> None:
-    """A cap of 2 a day per recipient and a relay of 3 at once, then 1 a minute: of 6 mentions
-    to one address and 6 to six others, spread over both instances' partitions, 4 are capped
-    and 3 sent in all; the other 5 wait in the retry topics. Without sharing, each instance
-    would allow 2 to that address and send 3."""
+    """A cap of 2 activity mails a day per recipient and a relay of 3 at once, then 1 a minute:
+    of 6 activity mails to one address and 6 to six others, one per partition of three activity
+    topics (the group puts partitions of them on both instances), 4 are capped and 3 sent in
+    all; the other 5 wait in the retry topics. Without sharing, each instance would allow 2 to
+    that address and send 3."""
     routing = tmp_path / "routing.yaml"
     table = (loaded.table.path).read_text()
     cap = "version: 1\ncategories:\n  activity: {cap: {max: 2, per: 1d}}\n"
@@ -51,14 +55,20 @@ async def test_two_instances_share_a_cap_and_the_relay_burst(
     }
     first, second = make_settings(**shared), make_settings(**shared)
     create_topics(first)
-    mails = [_mention(loaded, f"k{i}", "capped@example.com") for i in range(6)]
-    mails += [_mention(loaded, f"o{i}", f"other{i}@example.com") for i in range(6)]
+    addresses = ["capped@example.com"] * 6 + [f"other{i}@example.com" for i in range(6)]
+    slots = [(t, p) for p in range(3) for t in ACTIVITY]  # 9 partitions, round the 12 mails
+    prefix = first.kafka.topic_prefix
+    used = {(prefix + t, p) for t, p in slots}
     async with AsyncExitStack() as stack:
         heralds = [await stack.enter_async_context(running(s)) for s in (first, second)]
-        await wait_for(lambda: all(h.assigned for h in heralds), what="partitions on both")
+        await wait_for(
+            lambda: all(h.assigned & used for h in heralds), what="activity partitions on both"
+        )
         producer = confluent_kafka.Producer({"bootstrap.servers": first.kafka.bootstrap_servers})
-        for i, (topic, key, value) in enumerate(mails):  # every partition, so both instances
-            producer.produce(first.kafka.topic_prefix + topic, value, key, partition=i % 3)
+        for i, email in enumerate(addresses):
+            topic, partition = slots[i % len(slots)]
+            value = _event(loaded, topic, email)
+            producer.produce(prefix + topic, value, f"k{i}".encode(), partition=partition)
         assert 0 == producer.flush(30)
         outcomes = await read_topic(first, "notification.outcomes", 7, timeout_s=50)
         decided = [
