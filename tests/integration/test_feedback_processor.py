@@ -13,19 +13,26 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from starlette.applications import Starlette
 
 from service.app import Herald, Loaded
 from service.feedback.intake import run_intake
 from service.feedback.model import Feedback, FeedbackKind, feedback_codec
 from service.feedback.processor import FeedbackProcessor
 from service.feedback.publisher import FeedbackPublisher
+from service.feedback.routes import FeedbackWebhooks
+from service.feedback.signatures import SnsCertificates
 from service.outcomes.records import decode_outcome
 from service.settings import Settings
+from service.settings.feedback import FeedbackSettings
 from service.stores.running import codecs
 from service.stores.suppressions import Scope, Suppression, address_digest
 from tests.conftest import ADDRESS_KEY, ROOT
+from tests.feedback_samples import TOPIC_ARN, rsa_certificate, ses_bounce, sns_envelope
 from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
+from tests.integration.test_feedback import _serving
 from tests.integration.test_policy_stage import _event
 
 DATA = ROOT / "tests" / "data" / "feedback"
@@ -326,3 +333,58 @@ async def test_deliveries_correct_only_and_foreign_mail_suppresses_only(
                 "herald_feedback_processed_total", {"kind": "hard_bounce", "correlated": "false"}
             ),
         )
+
+
+async def test_an_ses_bounce_webhook_corrects_and_suppresses(
+    make_settings: Any, loaded: Loaded
+) -> None:
+    """An SES bounce in a signed SNS notification, posted to the SES webhook for the mail
+    Herald sent: a BOUNCED correction of its outcome, an `ses` hard_bounce suppression, and
+    the next mail suppressed. The webhook runs as Herald's public listener mounts it, with
+    the certificate fetch replaced (AWS is not reachable offline); the signature check is
+    the real one."""
+    settings = make_settings()
+    create_topics(settings)
+    email = "ses-bounce@example.com"
+    produce(settings, [_event(loaded, "order.confirmed", "u-s", email)])
+    key, pem = rsa_certificate()
+
+    async def fetch(url: str) -> bytes:
+        return pem
+
+    async with _herald(settings) as (herald, _):
+        sent = _outcome(loaded, (await read_topic(settings, RESULTS, 1))[0])
+        assert "SENT" == sent["status"]
+        bounce = ses_bounce()
+        bounce["mail"]["headers"][1]["value"] = sent["message_id"]
+        bounce["bounce"]["bouncedRecipients"][0]["emailAddress"] = email
+        codec = feedback_codec(herald.loaded.store)
+        group = FeedbackSettings(ses_topic_arns=(TOPIC_ARN,))
+        async with FeedbackPublisher(settings.kafka, settings.policy, codec) as publisher:
+            hooks = FeedbackWebhooks(group, publisher, certificates=SnsCertificates(fetch))
+            async with (
+                _serving(Starlette(routes=hooks.routes)) as base,
+                httpx.AsyncClient(base_url=base, timeout=30) as client,
+            ):
+                answer = await client.post("/feedback/ses", json=sns_envelope(key, bounce))
+                assert (200, {"published": 1}) == (answer.status_code, answer.json())
+
+        [(_, fixed)] = _with(loaded, await read_topic(settings, RESULTS, 2), "BOUNCED")
+        assert (sent["outcome_id"], "hard_bounce", "5.1.1") == (
+            fixed["outcome_id"],
+            fixed["reason"],
+            fixed["smtp_enhanced_code"],
+        )
+        [s] = _suppressions(loaded, await read_topic(settings, SUPPRESSIONS, 1))
+        assert (_digest(email), Scope.ALL, "hard_bounce", "ses") == (
+            s.address_digest,
+            s.scope,
+            s.reason,
+            s.source,
+        )
+        state = herald.policy
+        assert state is not None
+        await wait_for(lambda: state.tables.suppressions(_digest(email)), what="followed")
+        produce(settings, [_event(loaded, "order.confirmed", "u-s", email)])
+        [(_, later)] = _with(loaded, await read_topic(settings, RESULTS, 3), "SUPPRESSED")
+        assert "suppressed_hard_bounce" == later["reason"]
