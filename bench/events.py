@@ -44,9 +44,12 @@ def _template_ok(name: str, default_locale: str = "en") -> bool:
     return all((d / p).is_file() for p in ("subject.txt", "body.html", "body.txt"))
 
 
-def write_routing(dest: Path, source: Path = ROOT / "deploy" / "routing.yaml") -> dict[str, Any]:
+def write_routing(
+    dest: Path, source: Path = ROOT / "deploy" / "routing.yaml", *, caps: bool = False
+) -> dict[str, Any]:
     """The project's routing table, keeping only events whose example and templates exist,
-    plus (if the table has none) one optional bulk route for the priority scenario.
+    plus (if the table has none) one optional bulk route for the priority scenario. `caps`:
+    a cap on every optional category, too high to bind, so each such mail pays for it.
 
     Returns a summary: event types by role.
     """
@@ -78,7 +81,13 @@ def write_routing(dest: Path, source: Path = ROOT / "deploy" / "routing.yaml") -
                 }
                 added = event_type
                 break
-    dest.write_text(yaml.safe_dump({"version": 1, "events": events}, sort_keys=False))
+    doc: dict[str, Any] = {"version": 1}
+    if caps:
+        used = {n["category"] for spec in events.values() for n in spec["notifications"]}
+        cap = {"cap": {"max": 1_000_000_000, "per": "24h"}}
+        doc["categories"] = dict.fromkeys(sorted(used & OPTIONAL), cap)
+    doc["events"] = events
+    dest.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def kind(cats: set[str]) -> list[str]:
         return sorted(

@@ -61,6 +61,8 @@ from bench.procs import (
 from bench.sink import SinkProcess
 
 DOMAIN = "example.com"
+POLICY_DOMAINS = ("example.com", "example.org", "example.net")
+"""The recipients' domains in the examples: `--policy loaded` paces each."""
 DEFAULT_SCENARIOS = [
     "sink",
     "ceiling",
@@ -990,6 +992,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HERALD_X=V",
         help="extra setting for every Herald instance (repeatable), for tuning runs",
     )
+    p.add_argument(
+        "--policy",
+        choices=["default", "loaded"],
+        default="default",
+        help="the policy stage as configured: `default` (consent and suppression lookups); "
+        "`loaded` adds a cap on every optional category and relay and domain paces, none "
+        "of them binding, so every mail pays for each rule",
+    )
     p.add_argument("--partitions", type=int, default=2)
     p.add_argument("--stall-s", type=float, default=60.0)
     p.add_argument(
@@ -1022,7 +1032,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     tmp = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     routing = tmp / "routing.yaml"
-    roles = write_routing(routing)
+    roles = write_routing(routing, caps=args.policy == "loaded")
+    if args.policy == "loaded":
+        unbound = '{"rate": "1000000/s", "burst": 1000000}'
+        domains = ", ".join(f'"{d}": {unbound}' for d in POLICY_DOMAINS)
+        args.herald_env += [f"HERALD_PACE__RELAY={unbound}", f"HERALD_PACE__DOMAINS={{{domains}}}"]
     if roles["bench_only_route"]:
         log(
             f"the routing table has no optional mail yet: the priority scenario routes "
