@@ -57,11 +57,15 @@ ENV PATH=/opt/herald/bin:$PATH \
     HERALD_TEMPLATES_DIR=/usr/share/herald/templates \
     HERALD_IDEMPOTENCY__PATH=/var/lib/herald/idempotency.sqlite3 \
     HERALD_HTTP__HOST=0.0.0.0 \
-    HERALD_HTTP__PORT=9464
+    HERALD_HTTP__PORT=9464 \
+    HERALD_PUBLIC__HOST=0.0.0.0 \
+    HERALD_PUBLIC__PORT=8080
 WORKDIR /var/lib/herald
 # Numeric, so the kubelet can verify runAsNonRoot without the image's /etc/passwd.
 USER 10001:10001
-EXPOSE 9464
+# 9464: /metrics, /healthz, /readyz (internal). 8080: the public listener (one-click
+# unsubscribe, provider webhooks), for the ingress that terminates TLS.
+EXPOSE 9464 8080
 # /healthz over loopback with the interpreter the image already has (slim has no curl).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['HERALD_HTTP__PORT'], timeout=4)"]

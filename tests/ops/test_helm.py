@@ -103,11 +103,13 @@ def test_helm_lint_strict(chart: Path, values: list[str]) -> None:
 
 
 def test_rendered_kinds(default: list[dict[str, Any]], everything: list[dict[str, Any]]) -> None:
-    """By default, Herald without operators; everything on adds the Secret, the routing
-    ConfigMap and the custom resources. No public Service: Herald has no public listener."""
+    """By default, Herald without operators, with its internal and public Services;
+    everything on adds the Secret, the routing ConfigMap, the Ingress of the public listener
+    and the custom resources."""
     assert [
         "ConfigMap",
         "PodDisruptionBudget",
+        "Service",
         "Service",
         "ServiceAccount",
         "StatefulSet",
@@ -115,15 +117,59 @@ def test_rendered_kinds(default: list[dict[str, Any]], everything: list[dict[str
     assert [
         "ConfigMap",
         "ConfigMap",
+        "Ingress",
         "PodDisruptionBudget",
         "PrometheusRule",
         "ScaledObject",
         "Secret",
         "Service",
+        "Service",
         "ServiceAccount",
         "ServiceMonitor",
         "StatefulSet",
     ] == sorted(m["kind"] for m in everything)
+
+
+def test_public_listener_has_its_own_port_service_and_ingress(
+    everything: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The public listener listens on all interfaces at the container's `http-public` port;
+    its Service selects the pods and targets that port, the Ingress routes the one-click host
+    over TLS to that Service, and nothing routes to the internal port."""
+    pod = one(everything, "StatefulSet")["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = pod_environment(everything, "t-herald-0")
+    everywhere = "0.0.0.0"  # noqa: S104 (the pod listens on its interfaces)
+    assert (everywhere, str(ports["http-public"])) == (
+        env["HERALD_PUBLIC__HOST"],
+        env["HERALD_PUBLIC__PORT"],
+    )
+    assert ports["http-public"] != ports["http-internal"]
+    service = one(everything, "Service", "-public")
+    assert "ClusterIP" == service["spec"]["type"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert [("http-public", 80, "http-public")] == [
+        (p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]
+    ]
+    ingress = one(everything, "Ingress")["spec"]
+    assert [{"hosts": ["mail.example.com"], "secretName": "herald-public-tls"}] == ingress["tls"]
+    backends = [
+        path["backend"]["service"] for rule in ingress["rules"] for path in rule["http"]["paths"]
+    ]
+    assert [{"name": service["metadata"]["name"], "port": {"name": "http-public"}}] == backends
+
+
+def test_public_listener_off_leaves_no_port_or_service(chart: Path) -> None:
+    """public.enabled=false: Herald runs without the listener, and the chart renders no port,
+    Service or Ingress for it."""
+    manifests = render(chart, "--set", "public.enabled=false")
+    assert "false" == pod_environment(manifests, "t-herald-0")["HERALD_PUBLIC__ENABLED"]
+    container = one(manifests, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    assert ["http-internal"] == [p["name"] for p in container["ports"]]
+    assert ["t-herald-internal"] == [
+        m["metadata"]["name"] for m in manifests if m["kind"] in ("Service", "Ingress")
+    ]
 
 
 @pytest.mark.parametrize("which", ["default", "everything"])
@@ -273,13 +319,11 @@ def test_probes_service_and_monitor_share_the_internal_port(
     statefulset = one(everything, "StatefulSet")
     pod = statefulset["spec"]["template"]
     container = pod["spec"]["containers"][0]
-    assert [{"name": "http-internal", "containerPort": 9464, "protocol": "TCP"}] == container[
-        "ports"
-    ]
+    assert {"name": "http-internal", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
     assert "/healthz" == container["livenessProbe"]["httpGet"]["path"]
     assert "/healthz" == container["startupProbe"]["httpGet"]["path"]
     assert "/readyz" == container["readinessProbe"]["httpGet"]["path"]
-    service = one(everything, "Service")
+    service = one(everything, "Service", "-internal")
     assert "http-internal" == service["spec"]["ports"][0]["targetPort"]
     assert service["metadata"]["name"] == statefulset["spec"]["serviceName"]
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -349,6 +393,23 @@ AUTOSCALED = [*REDIS, "--set", "autoscaling.enabled=true", "--set", "autoscaling
             "autoscaling.maxReplicaCount (4) exceeds kafka.partitions (3)",
         ),
         ([*REDIS, "--set", "autoscaling.enabled=true"], "autoscaling.topics: list the input"),
+        (
+            ["--set", "secrets.values.HERALD_SMTP__PASSWORD=x"],
+            "secrets.values: HERALD_POLICY__ADDRESS_KEY is missing",
+        ),
+        (["--set", "config.HERALD_PUBLIC__PORT=1"], "config.HERALD_PUBLIC__PORT: the chart"),
+        (["--set", "public.ingress.enabled=true"], "public.ingress.host: the host"),
+        (
+            [
+                "--set",
+                "public.enabled=false",
+                "--set",
+                "public.ingress.enabled=true",
+                "--set",
+                "public.ingress.host=mail.example.com",
+            ],
+            "public.ingress.enabled needs public.enabled",
+        ),
     ],
 )
 def test_bad_values_are_refused(chart: Path, args: list[str], expected: str) -> None:

@@ -55,9 +55,9 @@ checks each value alone; these checks relate values to each other and to how Her
 */}}
 {{- define "herald.validate" -}}
 {{- $v := .Values -}}
-{{- range $key := list "HERALD_KAFKA__BOOTSTRAP_SERVERS" "HERALD_KAFKA__GROUP_ID" "HERALD_KAFKA__TRANSACTIONAL_ID" "HERALD_PROCESSING__SHUTDOWN_TIMEOUT_S" "HERALD_HTTP__HOST" "HERALD_HTTP__PORT" "HERALD_SECRETS_DIR" -}}
+{{- range $key := list "HERALD_KAFKA__BOOTSTRAP_SERVERS" "HERALD_KAFKA__GROUP_ID" "HERALD_KAFKA__TRANSACTIONAL_ID" "HERALD_PROCESSING__SHUTDOWN_TIMEOUT_S" "HERALD_HTTP__HOST" "HERALD_HTTP__PORT" "HERALD_PUBLIC__ENABLED" "HERALD_PUBLIC__HOST" "HERALD_PUBLIC__PORT" "HERALD_SECRETS_DIR" -}}
 {{- if hasKey $v.config $key -}}
-{{- fail (printf "config.%s: the chart sets it (see kafka, shutdownTimeoutSeconds, httpPort, secrets in values.yaml); remove it from config" $key) -}}
+{{- fail (printf "config.%s: the chart sets it (see kafka, shutdownTimeoutSeconds, httpPort, public, secrets in values.yaml); remove it from config" $key) -}}
 {{- end -}}
 {{- end -}}
 {{- $backend := index $v.config "HERALD_IDEMPOTENCY__BACKEND" | default "sqlite" -}}
@@ -81,5 +81,14 @@ checks each value alone; these checks relate values to each other and to how Her
 {{- end -}}
 {{- if and $v.secrets.existingSecret $v.secrets.values -}}
 {{- fail "secrets: set existingSecret or values, not both" -}}
+{{- end -}}
+{{- if and $v.secrets.values (not (hasKey $v.secrets.values "HERALD_POLICY__ADDRESS_KEY")) -}}
+{{- fail "secrets.values: HERALD_POLICY__ADDRESS_KEY is missing; Herald does not start without it (a random secret of 32 bytes or more, kept: it keys the suppression digests)" -}}
+{{- end -}}
+{{- if and $v.public.ingress.enabled (not $v.public.ingress.host) -}}
+{{- fail "public.ingress.host: the host of the one-click links (HERALD_LINKS__UNSUBSCRIBE_URL's) is needed for the Ingress" -}}
+{{- end -}}
+{{- if and $v.public.ingress.enabled (not $v.public.enabled) -}}
+{{- fail "public.ingress.enabled needs public.enabled: the Ingress would route to no listener" -}}
 {{- end -}}
 {{- end -}}
