@@ -232,7 +232,7 @@ def test_the_trace_fields_and_the_previous_outcome_schema_read_each_other() -> N
         parent_span_id="00f067aa0ba902b7",
         trace_state="rojo=1",
     )
-    v2_names = {f["name"] for f in v2_parsed["fields"]}
+    v2_names = {f["name"] for f in v2.parsed["fields"]}
     old_record = {k: v for k, v in traced.to_record().items() if k in v2_names}
     decoded = decode_outcome(encode_single_object(v2, old_record), store)
     assert (OID, None, None, None) == (
