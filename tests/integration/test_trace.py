@@ -16,6 +16,7 @@ TRACE = "0af7651916cd43dd8448eb211c80319c"
 SPAN = "b7ad6b7169203331"
 TRACEPARENT = f"00-{TRACE}-{SPAN}-01".encode()
 TRACESTATE = b"congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+Headers = list[tuple[str, str | bytes | None]]
 
 
 async def test_the_trace_reaches_outcomes_logs_and_dead_letters(
@@ -26,10 +27,10 @@ async def test_the_trace_reaches_outcomes_logs_and_dead_letters(
     sent all the same, with no trace and the invalid header counted."""
     settings = make_settings()
     create_topics(settings)
-    traced = [("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)]
+    traced: Headers = [("traceparent", TRACEPARENT), ("tracestate", TRACESTATE)]
     produce(settings, [(TOPIC, b"a", _event(loaded, "traced-1", "ann@example.com"))], traced)
     produce(settings, [(TOPIC, b"b", b"\x00 not avro")], traced)
-    hostile = [("traceparent", b"00-" + b"f" * 600), ("traceparent", TRACEPARENT)]
+    hostile: Headers = [("traceparent", b"00-" + b"f" * 600), ("traceparent", TRACEPARENT)]
     produce(settings, [(TOPIC, b"c", _event(loaded, "hostile-1", "bo@example.com"))], hostile)
 
     async with running(settings) as herald:
