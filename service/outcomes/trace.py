@@ -71,8 +71,20 @@ class TraceRead:
     """`traceparent` and/or `tracestate`, for the metric."""
 
 
-def parse_traceparent(value: bytes | None) -> TraceContext | None:
-    """A `traceparent` value (W3C §3.2, and §4.3 for versions above 00), or None if invalid."""
+def parse_traceparent(value: bytes | None, state: str | None = None) -> TraceContext | None:
+    """A `traceparent` value (W3C §3.2, and §4.3 for versions above 00), with `state` as its
+    tracestate, or None if invalid."""
+    fields = _traceparent(value)
+    if fields is None:
+        return None
+    version, trace_id, parent_id, flags = fields
+    return TraceContext(
+        version=version, trace_id=trace_id, parent_id=parent_id, flags=flags, state=state
+    )
+
+
+def _traceparent(value: bytes | None) -> tuple[str, str, str, int] | None:
+    """Version, trace-id, parent-id and flags of a valid `traceparent`."""
     if value is None or len(value) > MAX_TRACEPARENT_BYTES or not value.isascii():
         return None
     text = value.decode("ascii").strip(_OWS)
@@ -88,7 +100,7 @@ def parse_traceparent(value: bytes | None) -> TraceContext | None:
         return None
     # Of a later version's flags only the sampled bit is known (§4.3).
     bits = int(flags, 16) if version == "00" else int(flags, 16) & 0x01
-    return TraceContext(version=version, trace_id=trace_id, parent_id=parent_id, flags=bits)
+    return version, trace_id, parent_id, bits
 
 
 def parse_tracestate(values: Iterable[bytes | None]) -> str | None:
@@ -131,25 +143,15 @@ def read(headers: Iterable[tuple[str, bytes | None]]) -> TraceRead:
             states.append(value)
     if not parents:
         return TraceRead(context=None)
-    context = parse_traceparent(parents[0]) if len(parents) == 1 else None
-    if context is None:
+    fields = _traceparent(parents[0]) if len(parents) == 1 else None
+    if fields is None:
         return TraceRead(context=None, invalid=(TRACEPARENT,))
-    if not states:
-        return TraceRead(context=context)
-    state = parse_tracestate(states)
-    if state is None:
-        return TraceRead(context=context, invalid=(TRACESTATE,))
-    if not state:
-        return TraceRead(context=context)
-    return TraceRead(
-        context=TraceContext(
-            version=context.version,
-            trace_id=context.trace_id,
-            parent_id=context.parent_id,
-            flags=context.flags,
-            state=state,
-        )
+    version, trace_id, parent_id, flags = fields
+    state = parse_tracestate(states) if states else ""
+    context = TraceContext(
+        version=version, trace_id=trace_id, parent_id=parent_id, flags=flags, state=state or None
     )
+    return TraceRead(context=context, invalid=(TRACESTATE,) if state is None else ())
 
 
 def traced(headers: Iterable[tuple[str, bytes | None]], metrics: Metrics) -> TraceContext | None:
