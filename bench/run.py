@@ -13,6 +13,8 @@ same load:
   one-rw       `one` with a render worker (processing.render_workers=1): the second core
   paced        Herald at half the sustained rate of `one` (`paced2`: of `two`): latency
   priority     a backlog of optional mail draining while security events arrive steadily
+  trace        the W3C trace context's CPU per record, against render+compose in one process
+               (no broker: `--scenario trace` alone takes seconds)
   soak         (not by default) one instance over --events (1M) events, kept topped up: RSS
   profile      (not by default) `one` again under py-spy (or cProfile): where the time goes
 
@@ -42,6 +44,7 @@ from typing import Any, TypedDict, cast
 import confluent_kafka
 
 from bench import profile as prof
+from bench import trace as bench_trace
 from bench.events import EventFactory, produce_backlog, produce_paced, write_routing
 from bench.procs import (
     ROOT,
@@ -73,6 +76,7 @@ DEFAULT_SCENARIOS = [
     "paced",
     "paced2",
     "priority",
+    "trace",
 ]
 ALL = [*DEFAULT_SCENARIOS, "soak", "profile"]
 
@@ -1044,6 +1048,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     loaded = load_herald(routing)
     _STORE.append(loaded.store)
+    trace_line = ""
+    if "trace" in wanted:
+        trace_line = bench_trace.summary(bench_trace.measure(loaded, roles["mixed"]))
+        log(trace_line)
+        if wanted == ["trace"]:
+            sys.stdout.write(trace_line + "\n")
+            return 0
     broker = Broker(tmp / "kafka", partitions=args.partitions)
     log(f"starting the broker on {broker.bootstrap} ...")
     broker.start()
@@ -1121,6 +1132,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(ctx.rows, naive, ceiling),
         "",
+        *([trace_line] if trace_line else []),
     ]
     for r in ctx.rows:
         split = [

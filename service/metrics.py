@@ -110,6 +110,13 @@ class Metrics:
             ["topic"],
             registry=r,
         )
+        self.trace_context_invalid = Counter(
+            "herald_trace_context_invalid",
+            "Records whose traceparent or tracestate header did not read (W3C Trace Context): "
+            "ignored, the record handled without it.",
+            ["header"],
+            registry=r,
+        )
         self.transactions = Counter(
             "herald_transactions",
             "Transactions of outcomes and offsets by result: committed, or aborted (outcomes "

@@ -30,6 +30,7 @@ from service.outcomes.records import OutcomeCodec
 from service.outcomes.report import Report, Sending
 from service.outcomes.retries import RetryPolicy, RetryTicket
 from service.outcomes.status import Status
+from service.outcomes.trace import TraceContext, traced
 from service.policy.policy import Policy
 from service.routing import Notification, Priority, RoutingTable, route
 from service.settings import SmtpSettings
@@ -109,15 +110,21 @@ class Handler:
         """Every outcome of one record (an event, or a retry round of one of its mails)."""
         started = time.perf_counter()
         self._metrics.records_consumed.labels(raw.topic).inc()
+        # A retry record carries its event's headers, traceparent included: the same trace.
+        trace = traced(raw.headers, self._metrics)
+        # Bound for this record only: the with-block unbinds, and each record is its own task.
         with structlog.contextvars.bound_contextvars(
-            topic=raw.topic, partition=raw.partition, offset=raw.offset
+            topic=raw.topic,
+            partition=raw.partition,
+            offset=raw.offset,
+            **(trace.log_fields() if trace else {}),
         ):
             try:
-                report, ticket, readable = self._open(raw)
+                report, ticket, readable = self._open(raw, trace)
                 if readable:
                     await self._handle(report, ticket)
             except Exception as exc:  # the boundary: one outcome for the record, never a crash
-                report, ticket = self._report(raw), None
+                report, ticket = self._report(raw, trace), None
                 self._settle_record(report, Stage.DECODE, self._internal(Stage.DECODE, exc), None)
             log.info(
                 "record processed",
@@ -130,26 +137,29 @@ class Handler:
             )
         return Handled(records=report.records(), statuses=[o.status.value for o in report.outcomes])
 
-    def _report(self, raw: RawRecord) -> Report:
+    def _report(self, raw: RawRecord, trace: TraceContext | None) -> Report:
         return Report(
             raw=raw,
             codec=self._codec,
             dead_letter_topic=self._dead_letter_topic,
             metrics=self._metrics,
+            trace=trace,
         )
 
-    def _open(self, raw: RawRecord) -> tuple[Report, RetryTicket | None, bool]:
+    def _open(
+        self, raw: RawRecord, trace: TraceContext | None
+    ) -> tuple[Report, RetryTicket | None, bool]:
         """The record's report, on the original event's coordinates for a retry round; and
         False when a retry record's ticket cannot be read (its outcome is in the report)."""
         if not self._retries.is_retry_topic(raw.topic):
-            return self._report(raw), None, True
+            return self._report(raw, trace), None, True
         try:
             ticket = self._retries.ticket(raw, self._decoder.topics)
         except HeraldError as exc:
-            report = self._report(raw)
+            report = self._report(raw, trace)
             self._settle_record(report, Stage.TICKET, exc, None)
             return report, None, False
-        return self._report(ticket.original), ticket, True
+        return self._report(ticket.original, trace), ticket, True
 
     def _internal(self, stage: Stage, exc: Exception) -> InternalError:
         """An unforeseen exception, logged with its traceback and counted, as a HeraldError."""

@@ -53,6 +53,9 @@ class Outcome:
     occurred_at: datetime | None = None
     processed_at: datetime
     sent_at: datetime | None = None
+    trace_id: str | None = None
+    parent_span_id: str | None = None
+    trace_state: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         """The Avro record: the fields as they are (`asdict` deep-copied every datetime)."""

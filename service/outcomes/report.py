@@ -15,6 +15,7 @@ from service.metrics import Metrics
 from service.outcomes.dead_letters import dead_letter
 from service.outcomes.records import Outcome, OutcomeCodec, now, record_outcome_id
 from service.outcomes.status import Status
+from service.outcomes.trace import TraceContext
 from service.routing import Notification
 
 log = structlog.get_logger("herald.outcomes")
@@ -44,6 +45,8 @@ class Report:
     codec: OutcomeCodec
     dead_letter_topic: str
     metrics: Metrics
+    trace: TraceContext | None = None
+    """The upstream trace of the record, written into each of its outcomes."""
     outcomes: list[Outcome] = field(default_factory=list)
     tickets: list[Outbound] = field(default_factory=list)
     dead_letter: Outbound | None = None
@@ -57,6 +60,7 @@ class Report:
         sending: Sending = Sending(),
     ) -> None:
         """The outcome of one notification."""
+        trace = self.trace
         self._add(
             Outcome(
                 outcome_id=n.idempotency_key,
@@ -81,11 +85,15 @@ class Report:
                 occurred_at=n.event.occurred_at,
                 processed_at=now(),
                 sent_at=sending.sent_at,
+                trace_id=trace.trace_id if trace else None,
+                parent_span_id=trace.parent_id if trace else None,
+                trace_state=trace.state if trace else None,
             )
         )
 
     def record(self, event: Event | None, status: Status, reason: str, detail: str) -> None:
         """The one outcome of a record that never became a notification."""
+        trace = self.trace
         self._add(
             Outcome(
                 outcome_id=record_outcome_id(self.raw),
@@ -105,6 +113,9 @@ class Report:
                 detail=_masked(detail),
                 occurred_at=event.occurred_at if event else None,
                 processed_at=now(),
+                trace_id=trace.trace_id if trace else None,
+                parent_span_id=trace.parent_id if trace else None,
+                trace_state=trace.state if trace else None,
             )
         )
 

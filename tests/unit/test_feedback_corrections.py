@@ -5,6 +5,7 @@ new statuses read by a reader on the previous version."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import fastavro
@@ -209,3 +210,44 @@ def test_statuses_match_the_schema_and_both_versions_read_each_other() -> None:
     assert "UNKNOWN" == read_body(body, current.parsed, old.parsed)["status"]
     new = decode_outcome(OutcomeCodec(results_topic="r", schema=current).encode(fixed), store)
     assert "BOUNCED" == new["status"]
+
+
+def test_the_trace_fields_and_the_previous_outcome_schema_read_each_other() -> None:
+    """An outcome written with v2 (before the trace fields) reads with the current schema as
+    having no trace; one written with the current schema reads with v2, the trace left out."""
+    store = SchemaStore.load(ROOT / "schemas")
+    current = store.reader(OUTCOME_SCHEMA)
+    assert current is not None
+    history = ROOT / "schemas" / "history" / "herald.outcomes.NotificationOutcome.v2.avsc"
+    v2_parsed = fastavro.parse_schema(json.loads(history.read_text(encoding="utf-8")))
+    canonical = fastavro.schema.to_parsing_canonical_form(v2_parsed)
+    v2 = store.by_fingerprint(bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO")))
+    assert v2 is not None
+    assert not v2.current
+
+    fixed = correction(_item(), OID, domain=DOMAIN, recipient=None, source=WHERE, processed_at=NOW)
+    traced = replace(
+        fixed,
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        parent_span_id="00f067aa0ba902b7",
+        trace_state="rojo=1",
+    )
+    v2_names = {f["name"] for f in v2.parsed["fields"]}
+    old_record = {k: v for k, v in traced.to_record().items() if k in v2_names}
+    decoded = decode_outcome(encode_single_object(v2, old_record), store)
+    assert (OID, None, None, None) == (
+        decoded["outcome_id"],
+        decoded["trace_id"],
+        decoded["parent_span_id"],
+        decoded["trace_state"],
+    )
+
+    read_old = read_body(write_body(current, traced.to_record()), current.parsed, v2.parsed)
+    assert (OID, "BOUNCED") == (read_old["outcome_id"], read_old["status"])
+    assert "trace_id" not in read_old
+    new = decode_outcome(OutcomeCodec(results_topic="r", schema=current).encode(traced), store)
+    assert ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "rojo=1") == (
+        new["trace_id"],
+        new["parent_span_id"],
+        new["trace_state"],
+    )

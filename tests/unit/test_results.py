@@ -46,6 +46,9 @@ def _every_field_set() -> Outcome:
         occurred_at=AT,
         processed_at=AT.replace(second=1),
         sent_at=AT.replace(second=2),
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        parent_span_id="00f067aa0ba902b7",
+        trace_state="rojo=00f067aa0ba902b7",
     )
 
 
