@@ -15,6 +15,8 @@ same load:
   priority     a backlog of optional mail draining while security events arrive steadily
   trace        the W3C trace context's CPU per record, against render+compose in one process
                (no broker: `--scenario trace` alone takes seconds)
+  policy       the policy stage's CPU per notification (consent, suppression, caps, pace,
+               claim) on tables of 100k rows, against render+compose in one process (no broker)
   soak         (not by default) one instance over --events (1M) events, kept topped up: RSS
   profile      (not by default) `one` again under py-spy (or cProfile): where the time goes
 
@@ -43,6 +45,7 @@ from typing import Any, TypedDict, cast
 
 import confluent_kafka
 
+from bench import policy as bench_policy
 from bench import profile as prof
 from bench import trace as bench_trace
 from bench.events import EventFactory, produce_backlog, produce_paced, write_routing
@@ -77,6 +80,7 @@ DEFAULT_SCENARIOS = [
     "paced2",
     "priority",
     "trace",
+    "policy",
 ]
 ALL = [*DEFAULT_SCENARIOS, "soak", "profile"]
 
@@ -1048,13 +1052,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     loaded = load_herald(routing)
     _STORE.append(loaded.store)
-    trace_line = ""
+    stage_lines = []
     if "trace" in wanted:
-        trace_line = bench_trace.summary(bench_trace.measure(loaded, roles["mixed"]))
-        log(trace_line)
-        if wanted == ["trace"]:
-            sys.stdout.write(trace_line + "\n")
-            return 0
+        stage_lines.append(bench_trace.summary(bench_trace.measure(loaded, roles["mixed"])))
+        log(stage_lines[-1])
+    if "policy" in wanted:
+        stage_lines.append(bench_policy.summary(bench_policy.measure(loaded, roles["mixed"])))
+        log(stage_lines[-1])
+    if set(wanted) <= {"trace", "policy"}:
+        sys.stdout.write("".join(line + "\n" for line in stage_lines))
+        return 0
     broker = Broker(tmp / "kafka", partitions=args.partitions)
     log(f"starting the broker on {broker.bootstrap} ...")
     broker.start()
@@ -1132,7 +1139,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         table(ctx.rows, naive, ceiling),
         "",
-        *([trace_line] if trace_line else []),
+        *stage_lines,
     ]
     for r in ctx.rows:
         split = [
