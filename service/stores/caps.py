@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from service.stores.idempotency import redis_guarded
+from service.stores.redis_errors import redis_guarded
 
 
 class CapStore(ABC):

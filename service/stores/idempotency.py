@@ -29,6 +29,7 @@ import structlog
 
 from service.errors import StoreUnavailable
 from service.settings import IdempotencySettings
+from service.stores.redis_errors import redis_guarded
 
 log = structlog.get_logger("herald.idempotency")
 
@@ -235,36 +236,6 @@ class SqliteStore(IdempotencyStore):
             self._commit_pending()
         finally:
             self._db.close()
-
-
-_UNAVAILABLE_REPLIES = frozenset({"MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN"})
-"""Redis error replies that mean the server cannot serve writes for now (RESP error prefixes)."""
-
-
-async def redis_guarded(coro: Any) -> Any:
-    """Await a Redis call; StoreUnavailable when Redis cannot serve it now (down, read-only,
-    out of memory, loading), so the flow waits rather than failing the record."""
-    import redis.exceptions
-
-    try:
-        return await coro
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        # A replica that is read-only, a server out of memory or still loading: the store
-        # cannot take writes now, which is Redis's state, not the record's. redis-py maps
-        # some replies to classes and strips their prefix; others keep it.
-        unavailable = (
-            redis.exceptions.ReadOnlyError,
-            redis.exceptions.OutOfMemoryError,
-            redis.exceptions.BusyLoadingError,
-            redis.exceptions.MasterDownError,
-            redis.exceptions.TryAgainError,
-            redis.exceptions.ClusterDownError,
-        )
-        if isinstance(exc, unavailable) or str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        raise
 
 
 class RedisStore(IdempotencyStore):

@@ -12,15 +12,14 @@ server's clock (`TIME`), so instances whose clocks disagree still agree on the b
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from service.errors import StoreUnavailable
 from service.settings.pace import PaceSettings
+from service.stores.redis_errors import map_redis_errors
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,34 +139,6 @@ class MemoryPaceStore(PaceStore):
         a day, since the caller's clock, which names the windows, may run behind this one."""
         for key in [k for k, (_, ends) in self._windows.items() if ends + 86_400 <= now]:
             del self._windows[key]
-
-
-_UNAVAILABLE_REPLIES = frozenset({"MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN"})
-"""Redis error replies that mean the server cannot serve writes for now (RESP error prefixes)."""
-
-
-@contextlib.contextmanager
-def map_redis_errors() -> Iterator[None]:
-    """Redis out of reach, or unable to write for now, as StoreUnavailable; the caller waits
-    and asks again. The same translation as the idempotency store's."""
-    import redis.exceptions
-
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-    except redis.exceptions.ResponseError as exc:
-        unavailable = (
-            redis.exceptions.ReadOnlyError,
-            redis.exceptions.OutOfMemoryError,
-            redis.exceptions.BusyLoadingError,
-            redis.exceptions.MasterDownError,
-            redis.exceptions.TryAgainError,
-            redis.exceptions.ClusterDownError,
-        )
-        if isinstance(exc, unavailable) or str(exc).split(" ", 1)[0] in _UNAVAILABLE_REPLIES:
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
-        raise
 
 
 # KEYS: the buckets, then the windows. ARGV: now ('' for the server's TIME), reserved (1/0),
