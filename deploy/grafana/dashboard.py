@@ -286,6 +286,54 @@ def build() -> dict[str, Any]:
                 8,
             )
         )
+        .with_row(dash.Row("Policy and feedback"))
+        .with_panel(
+            _timeseries(
+                "Policy decisions by decision and reason",
+                "The policy stage's answers: now, later (pace) or never, and why (opted_out, "
+                "no_consent, suppressed_<reason>, frequency_capped, paced_<limit>, …).",
+                "cps",
+                [
+                    (
+                        "sum by (decision, reason) "
+                        f"(rate(herald_policy_decisions_total{{{SELECT}}}[{RATE}]))",
+                        "{{decision}} {{reason}}",
+                    )
+                ],
+                8,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Feedback and suppressions",
+                "Bounces, complaints and deliveries processed (correlated: a correction of the "
+                "outcome was published), and the suppressions they made.",
+                "cps",
+                [
+                    (
+                        "sum by (kind, correlated) "
+                        f"(rate(herald_feedback_processed_total{{{SELECT}}}[{RATE}]))",
+                        "{{kind}} correlated={{correlated}}",
+                    ),
+                    (
+                        "sum by (reason) "
+                        f"(rate(herald_feedback_suppressions_total{{{SELECT}}}[{RATE}]))",
+                        "suppressed {{reason}}",
+                    ),
+                ],
+                8,
+            )
+        )
+        .with_panel(
+            _timeseries(
+                "Policy tables: lag behind their topics",
+                "Records of the preferences and suppressions topics not yet in each instance's "
+                "local table: choices and suppressions not honoured yet.",
+                "short",
+                [(f"max by (table) (herald_policy_table_lag{{{SELECT}}})", "{{table}}")],
+                8,
+            )
+        )
         .with_row(dash.Row("Flow control"))
         .with_panel(
             _timeseries(

@@ -61,7 +61,8 @@ def test_every_query_goes_through_the_datasource_variable() -> None:
 
 def test_the_panels_cover_what_an_operator_watches() -> None:
     """Throughput, latency, lag, retries and dead letters, the breaker, SMTP reply classes,
-    transactions, in-flight and paused lanes, render and SMTP time each have a panel."""
+    transactions, in-flight and paused lanes, render and SMTP time, policy decisions, feedback
+    and the policy tables' lag each have a panel."""
     titles = {p["title"] for p in dashboard()["panels"] if p["type"] != "row"}
     assert {
         "Notifications by notification and status",
@@ -77,6 +78,9 @@ def test_the_panels_cover_what_an_operator_watches() -> None:
         "SMTP circuit breaker",
         "In flight by lane",
         "Paused lanes",
+        "Policy decisions by decision and reason",
+        "Feedback and suppressions",
+        "Policy tables: lag behind their topics",
     } == titles
 
 
