@@ -247,6 +247,9 @@ def _headers(
         "Auto-Submitted: auto-generated",
         f"Content-Language: {_checked(letter.language, 'locale')}",
     ]
+    if mail.relay_metadata == "postmark":
+        # Postmark's webhooks carry its own MessageID; this comes back as Metadata.
+        headers.append(f"X-PM-Metadata-herald-message-id: {mid}")
     if letter.unsubscribe_url is not None:
         # RFC 8058 one-click: mailbox providers POST to the URL; only optional mail has it.
         url = _checked(letter.unsubscribe_url, "unsubscribe URL")

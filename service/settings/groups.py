@@ -201,6 +201,9 @@ class MailSettings(_Group):
     address is reversed by hashing a list of addresses."""
     default_locale: str = "en"
     """End of every locale fallback chain; templates must exist for it."""
+    relay_metadata: Literal["none", "postmark"] = "none"
+    """`postmark`: the Message-ID also as Postmark metadata (`X-PM-Metadata-herald-message-id`),
+    which Postmark returns in its webhooks, so its bounces and complaints name the mail."""
     max_message_bytes: int = Field(default=10_485_760, ge=65_536)
     """A composed message larger than this fails (`too_large`) instead of being sent; a relay
     that advertises a smaller SIZE (RFC 1870) is held to that."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import json
 import re
 from datetime import UTC, datetime
 from email.header import decode_header
@@ -17,6 +18,8 @@ from service.app import Loaded
 from service.delivery.addresses import DISPLAY_NAME_MAX_CHARS, SUBJECT_MAX_CHARS, cosmetic
 from service.delivery.mime import Email, compose, seven_bit
 from service.errors import InvalidRecipientError
+from service.feedback.corrections import correlate
+from service.feedback.webhooks import postmark_feedback
 from service.flow.messages import letter_for
 from service.render.renderer import Rendered
 from service.routing import Category, Notification, Priority, route
@@ -74,6 +77,28 @@ def test_message_parses_back_with_every_header_and_both_parts(loaded: Loaded) ->
     assert "<p>é</p>" in body_part(msg, "html").get_content()
     assert all(line.endswith(b"\r") or not line for line in m.data.split(b"\n")[:-1])
     assert max(len(line) for line in m.data.split(b"\r\n")) <= 998  # RFC 5322 2.1.1
+
+
+def test_postmark_metadata_names_the_mail_for_postmark_webhooks(loaded: Loaded) -> None:
+    """With `relay_metadata=postmark` the Message-ID also goes as Postmark metadata, and a
+    Postmark bounce that returns it is correlated with the outcome; by default no X-PM-
+    header is written."""
+    n = _n(loaded)
+    assert "X-PM-" not in _compose(n, PARTS, MAIL, NOW).data.decode()
+    postmark = MAIL.model_copy(update={"relay_metadata": "postmark"})
+    m = _compose(n, PARTS, postmark, NOW)
+    value = _parse(m.data)["X-PM-Metadata-herald-message-id"]
+    assert m.message_id == value
+    bounce = {
+        "RecordType": "Bounce",
+        "ID": 1,
+        "Type": "HardBounce",
+        "Email": "camille.martin@example.com",
+        "BouncedAt": "2026-11-19T10:15:03Z",
+        "Metadata": {"herald-message-id": value},
+    }
+    [item] = postmark_feedback(json.dumps(bounce).encode())
+    assert n.idempotency_key == correlate(item, postmark.id_domain)
 
 
 def test_message_id_is_deterministic(loaded: Loaded) -> None:
