@@ -27,6 +27,7 @@ from service.app import Loaded
 from service.events.model import Recipient
 from service.kafka.admin import ensure_state_topics, state_topics
 from service.metrics import Metrics
+from service.outcomes.records import decode_outcome
 from service.public import PublicServer, start_public
 from service.public.app import SECURITY_HEADERS
 from service.render.links import unsubscribe_url
@@ -34,9 +35,11 @@ from service.render.renderer import unsubscribe_keys
 from service.settings import Settings
 from service.stores.codec import StateCodec
 from service.stores.consent import PREFERENCE_SCHEMA, Preference, PreferenceCodec
-from service.testing import free_port
+from service.testing import SmtpServer, free_port
 from service.tokens import Keys
 from tests.addresses import LogTap
+from tests.integration.conftest import create_topics, produce, read_topic, running, wait_for
+from tests.integration.test_policy_stage import _event
 
 NOTIFICATION, CATEGORY = "activity.mention", "activity"
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
@@ -349,3 +352,45 @@ async def test_in_chromium_the_button_unsubscribes_and_says_so(
             await browser.close()
     records = listener.records()
     assert [(user, False)] == [(pref.user_id, pref.subscribed) for _, pref in records]
+
+
+async def test_the_link_a_mail_carries_stops_the_next_optional_mail_only(
+    make_settings: Any, smtp: SmtpServer, loaded: Loaded
+) -> None:
+    """End to end through a running Herald: a mention goes out with List-Unsubscribe; a POST
+    to that link on Herald's own public listener records the opt-out; the next mention to the
+    user ends SUPPRESSED/opted_out while a password reset to them is sent."""
+    settings = make_settings()
+    create_topics(settings)
+    user, email = f"u-{uuid.uuid4().hex[:8]}", "clicker@example.com"
+    produce(settings, [_event(loaded, "comment.mentioned", user, email)])
+    async with running(settings) as herald:
+        await read_topic(settings, "notification.outcomes", 1)
+        [mail] = [m for m in smtp.received if email in m.envelope_to]
+        header = mail.message["List-Unsubscribe"]
+        assert "List-Unsubscribe=One-Click" == mail.message["List-Unsubscribe-Post"]
+        link = str(header).strip("<>")
+        assert link.startswith("https://example.com/")
+        local = link.replace("https://example.com", f"http://127.0.0.1:{herald.public_port}", 1)
+        async with _client() as client:
+            _check(await client.post(local, data=ONE_CLICK), 200)
+        state = herald.policy
+        assert state is not None
+        await wait_for(lambda: state.tables.choices(user), what="the opt-out followed")
+        produce(
+            settings,
+            [
+                _event(loaded, "comment.mentioned", user, email),
+                _event(loaded, "password.reset_requested", user, email),
+            ],
+        )
+        later = await read_topic(settings, "notification.outcomes", 3)
+    outcomes = sorted(
+        (o["notification_type"], o["status"], o["reason"] or "")
+        for o in (decode_outcome(m.value(), loaded.store) for m in later)
+    )
+    assert [
+        ("activity.mention", "SENT", ""),
+        ("activity.mention", "SUPPRESSED", "opted_out"),
+        ("security.password_reset", "SENT", ""),
+    ] == outcomes
