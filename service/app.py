@@ -169,7 +169,7 @@ class Herald:
         express = express_priority(s.processing) if plans[0].name == "express" else None
         reserved = s.smtp.express_slots if express else 0
         mailer = await stack.enter_async_context(
-            Mailer(s.smtp, self.metrics, express_slots=reserved)
+            Mailer(s.smtp, self.metrics, express_slots=reserved, signer=self.loaded.signer)
         )
         mailer.warm_in_background()
         self._policy = await open_policy(
@@ -178,10 +178,17 @@ class Herald:
         self.feedback = await open_feedback_processor(
             stack, s, self.loaded.store, self.metrics, codec, self._policy.caps
         )
-        local = LocalMessages(self.loaded.renderer, s.mail)
+        local = LocalMessages(self.loaded.renderer, s.mail, self.loaded.signer)
         messages: Messages = local
         if s.processing.render_workers:
-            recipe = Recipe(s.templates_dir, s.brand, s.mail.default_locale, s.links, s.mail)
+            recipe = Recipe(
+                s.templates_dir,
+                s.brand,
+                s.mail.default_locale,
+                s.links,
+                s.mail,
+                self.loaded.signer,
+            )
             messages = await stack.enter_async_context(
                 WorkerMessages(
                     recipe,
