@@ -1045,6 +1045,11 @@ def main(argv: list[str] | None = None) -> int:
         blast = scenario_blast(ctx, 1_000_000)  # bounded by --blast-s
         ceiling = blast.throughput
         render_ms = blast.extra["render_compose_ms"]
+        dkim_ms = blast.extra["dkim_sign_ms"]
+        log(
+            f"DKIM signing (RSA-2048) {dkim_ms:.2f} ms/msg = {dkim_ms / render_ms:.2f}x "
+            f"render+compose ({render_ms:.2f} ms/msg) of this run"
+        )
         if args.events:
             n_one = n_two = args.events
         else:
@@ -1155,6 +1160,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {r.scenario}: WARNING outcomes {st} for {r.extra.get('expected')} "
                 f"mails ({r.extra.get('error') or 'incomplete'})"
             )
+    blast_row = by.get("ceiling-smtp")
+    if blast_row is not None:
+        render_ms = blast_row.extra["render_compose_ms"]
+        dkim_ms = blast_row.extra["dkim_sign_ms"]
+        report += [
+            "",
+            "CPU per mail by stage, in the blast worker (ratio to render+compose of this run):",
+            f"  render+compose {render_ms:.2f} ms/msg (1.00x)",
+            f"  DKIM signing, RSA-2048 (dkimpy) {dkim_ms:.2f} ms/msg ({dkim_ms / render_ms:.2f}x)",
+        ]
     report += ["", "goals:", *goals(by, naive, ceiling)]
     text = "\n".join(report) + "\n"
     sys.stdout.write(text)

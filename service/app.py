@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from service.delivery.dkim import Signer
 from service.delivery.pool import Mailer
 from service.delivery.slots import Slots
 from service.endpoint import HttpEndpoint
@@ -124,6 +125,7 @@ class Herald:
                 idempotency=s.idempotency.backend,
                 smtp=f"{s.smtp.host}:{s.smtp.port} tls={s.smtp.tls}",
                 http=f"http://{s.http.host}:{http.port}/metrics",
+                dkim=_dkim_summary(self.loaded.signer),
             )
             self.started.set()
             try:
@@ -279,3 +281,11 @@ async def _run_together(lanes: list[Lane], stop: asyncio.Event) -> None:
     for t in tasks:
         if not t.cancelled() and (exc := t.exception()) is not None:
             raise exc
+
+
+def _dkim_summary(signer: Signer | None) -> str:
+    """Where verifiers find the key, and its size; no key material."""
+    if signer is None:
+        return "off"
+    name = (signer.selector + b"._domainkey." + signer.domain).decode()
+    return f"{name} rsa-{signer.bits}"
