@@ -27,6 +27,8 @@ EVENTS = ["order.confirmed", "report.ready", "password.reset_requested"]
 async def test_every_mail_sent_is_signed_and_verifies(
     make_settings: Any, smtp: SmtpServer, loaded: Loaded, tmp_path: Path, render_workers: int
 ) -> None:
+    """Each mail the SMTP server receives verifies against the key's TXT record and fails with
+    its Subject changed; the optional one's h= covers List-Unsubscribe-Post."""
     key_file = tmp_path / "dkim.pem"
     key_file.write_bytes(dkim_key())
     settings = make_settings(

@@ -201,6 +201,7 @@ def test_signer_pickles_for_the_render_workers(sign: Signer) -> None:
 
 
 def test_unset_domain_means_no_signing() -> None:
+    """No `dkim.domain`, no signer: mail goes as composed."""
     assert None is signer(DkimSettings(), MAIL)
 
 
@@ -222,12 +223,14 @@ def test_unaligned_domain_is_refused(key_file: Path, domain: str) -> None:
 
 
 def test_missing_selector_is_refused(key_file: Path) -> None:
+    """A domain without a selector names no TXT record: refused, naming the selector."""
     with pytest.raises(ConfigError) as caught:
         signer(DkimSettings(domain="shop.example", key_file=key_file), MAIL)
     assert "HERALD_DKIM__SELECTOR" == caught.value.key
 
 
 def test_no_key_is_refused() -> None:
+    """Neither a key file nor a key secret: refused, naming where a key goes."""
     with pytest.raises(ConfigError) as caught:
         signer(DkimSettings(domain="shop.example", selector="s1"), MAIL)
     assert "HERALD_DKIM__KEY_FILE" == caught.value.key
@@ -303,7 +306,7 @@ def test_a_garbled_secret_names_the_secret_not_its_text(monkeypatch: pytest.Monk
         ('["From", "Sub ject"]', "not a header field name"),
     ],
 )
-def test_headers_without_from_are_refused(
+def test_a_header_list_that_cannot_sign_is_refused(
     monkeypatch: pytest.MonkeyPatch, headers: str, problem: str
 ) -> None:
     """RFC 6376 5.4: From must be signed; a signature cannot cover itself."""
@@ -315,6 +318,7 @@ def test_headers_without_from_are_refused(
 
 
 def test_selector_must_be_a_dns_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A selector is written into the s= tag: anything but DNS labels is refused."""
     monkeypatch.setenv("HERALD_DKIM__SELECTOR", "s1; p=evil")
     with pytest.raises(ConfigError) as caught:
         load_settings()
