@@ -94,7 +94,7 @@ def evolved_store(tmp_path: Path) -> SchemaStore:
     """The project's schemas plus the v1 writer schema under history/."""
     shutil.copytree(ROOT / "schemas", tmp_path / "schemas")
     history = tmp_path / "schemas" / "history"
-    history.mkdir()
+    history.mkdir(exist_ok=True)
     (history / "herald.events.UserSignedUp.v1.avsc").write_text(json.dumps(V1))
     return SchemaStore.load(tmp_path / "schemas")
 
