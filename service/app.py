@@ -288,4 +288,4 @@ def _dkim_summary(signer: Signer | None) -> str:
     if signer is None:
         return "off"
     name = (signer.selector + b"._domainkey." + signer.domain).decode()
-    return f"{name} rsa-{signer.bits}"
+    return f"{name} {signer.kind}"

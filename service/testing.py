@@ -8,8 +8,9 @@ first three RCPTs of that address then accepted, `drop…@` → connection close
 body, before any reply (the RFC 1047 window), `slow…@` → the reply to DATA comes after
 `SLOW_DATA_S` (a relay busy scanning the message).
 
-For DKIM: `dkim_key()` makes a private key, and `dkim_dns(signer)` answers a verifier's TXT
-query from the signer's own key, so signatures are checked without DNS.
+For DKIM: `dkim_key()` makes an RSA private key and `dkim_ed25519_key()` an Ed25519 one, and
+`dkim_dns(signer)` answers a verifier's TXT query from the signer's own key, so signatures are
+checked without DNS.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from service.delivery.dkim import Signer, public_record
 from service.errors import StoreUnavailable
@@ -252,6 +253,15 @@ def dkim_key(bits: int = 2048) -> bytes:
     """A fresh RSA private key, as the PKCS#8 PEM `openssl genpkey` writes."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def dkim_ed25519_key() -> bytes:
+    """A fresh Ed25519 private key (RFC 8463), as the PKCS#8 PEM `openssl genpkey` writes."""
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),

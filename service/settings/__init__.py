@@ -238,11 +238,4 @@ def config_warnings(settings: Settings) -> list[str]:
             "verified, so anyone on the path can read and change mail and credentials. Fix: "
             "set HERALD_SMTP__CA_FILE to the relay's CA bundle and unset VALIDATE_CERTS"
         )
-    if settings.dkim.domain and not settings.processing.render_workers:
-        warnings.append(
-            "HERALD_DKIM__DOMAIN with HERALD_PROCESSING__RENDER_WORKERS=0: each mail is signed "
-            "on the event loop, ~10 ms of CPU under the GIL for RSA-2048 (a thread would not "
-            "free the loop). Fix: set HERALD_PROCESSING__RENDER_WORKERS to 1 or more, so mail "
-            "is signed in the render workers"
-        )
     return warnings

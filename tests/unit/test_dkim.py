@@ -12,7 +12,7 @@ import dkim
 import pytest
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
@@ -25,10 +25,7 @@ from service.metrics import Metrics
 from service.settings import (
     DkimSettings,
     MailSettings,
-    ProcessingSettings,
-    Settings,
     SmtpSettings,
-    config_warnings,
     load_settings,
 )
 from service.testing import RecordingHandler, dkim_dns, dkim_key, free_port
@@ -246,12 +243,12 @@ def test_no_key_is_refused() -> None:
             "openssl genpkey",
         ),
         (
-            ed25519.Ed25519PrivateKey.generate().private_bytes(
+            ec.generate_private_key(ec.SECP256R1()).private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ),
-            "Ed25519",
+            "neither an RSA nor an Ed25519 key",
             "openssl genpkey",
         ),
     ],
@@ -259,7 +256,7 @@ def test_no_key_is_refused() -> None:
 def test_bad_key_file_is_refused_naming_file_and_variable(
     tmp_path: Path, content: bytes | None, problem: str, fix: str
 ) -> None:
-    """A missing file, a file that is no key, a key dkimpy cannot sign with: a ConfigError
+    """A missing file, a file that is no key, a key DKIM has no algorithm for: a ConfigError
     naming the file, the variable and a fix, before anything is consumed."""
     path = tmp_path / "dkim.pem"
     if content is not None:
@@ -323,13 +320,3 @@ def test_selector_must_be_a_dns_label(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert "HERALD_DKIM__SELECTOR" == caught.value.key
-
-
-def test_signing_on_the_loop_is_warned_about() -> None:
-    """Without render workers each mail is signed on the event loop: start-up says so."""
-    on_loop = Settings(dkim=DkimSettings(domain="example.com"))
-    in_workers = Settings(
-        dkim=DkimSettings(domain="example.com"), processing=ProcessingSettings(render_workers=1)
-    )
-    assert any("HERALD_PROCESSING__RENDER_WORKERS" in w for w in config_warnings(on_loop))
-    assert not any("DKIM" in w for w in config_warnings(in_workers))
