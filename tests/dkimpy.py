@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from types import SimpleNamespace
 from unittest import mock
 
@@ -45,5 +46,11 @@ _NACL = SimpleNamespace(
 def verify(data: bytes, signer: Signer) -> bool:
     """Whether dkimpy verifies the message's first DKIM-Signature against the signer's TXT
     record (answered without DNS), Ed25519 included."""
+    return verify_with(data, dkim_dns(signer))
+
+
+def verify_with(data: bytes, dnsfunc: Callable[..., bytes | None]) -> bool:
+    """Whether dkimpy verifies the message's first DKIM-Signature, `dnsfunc` answering its
+    TXT query."""
     with mock.patch.object(dkim, "nacl", _NACL, create=True):
-        return bool(dkim.verify(data, dnsfunc=dkim_dns(signer)))
+        return bool(dkim.verify(data, dnsfunc=dnsfunc))
