@@ -40,9 +40,10 @@ ED25519_SHA256 = b"ed25519-sha256"
 """RFC 8463 3: Ed25519 (PureEdDSA) over the SHA-256 hash of the signed header data."""
 
 _NAME = b"DKIM-Signature"
-_WSP = re.compile(rb"\t[ \t]*| [ \t]+")
-"""A run of WSP that is not one SP already: matching only those halves the regex's cost."""
-_TRAILING_WSP = re.compile(rb"[ \t]+\r\n")
+_SPACES = re.compile(rb"  +")
+"""Two SP or more: with tabs made SP first, the WSP runs relaxed canonicalization reduces. Its
+literal prefix lets the regex engine skip ahead: on rendered mail, a sixth of the time that
+`[ \t]+` took."""
 _LINE = 78
 """Octets a folded line of the header aims at (RFC 5322 2.1.1's SHOULD); 998 is the limit."""
 _CHUNK = 64
@@ -60,18 +61,22 @@ PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 def relaxed_header(name: bytes, value: bytes) -> bytes:
     """A header field in relaxed canonical form (RFC 6376 3.4.2): the name lower-case, the value
     unfolded, runs of WSP made one SP, WSP around the colon and at the end removed; CRLF."""
-    value = _WSP.sub(b" ", value.replace(b"\r\n", b"")).strip(b" ")
+    value = _SPACES.sub(b" ", value.replace(b"\r\n", b"").replace(b"\t", b" ")).strip(b" ")
     return name.rstrip(b" \t").lower() + b":" + value + b"\r\n"
 
 
 def relaxed_body(body: bytes) -> bytes:
-    """A body in CRLF lines in relaxed canonical form (RFC 6376 3.4.4): WSP at line ends
-    removed, other runs of WSP made one SP, empty lines at the end removed; empty stays empty."""
-    # Each pass only when it has work: a scan for two octets is far cheaper than a regex pass.
-    if b" \r\n" in body or b"\t\r\n" in body:
-        body = _TRAILING_WSP.sub(b"\r\n", body)
-    if b"\t" in body or b"  " in body:
-        body = _WSP.sub(b" ", body)
+    """A body in relaxed canonical form (RFC 6376 3.4.4): CRLF lines, WSP at their ends
+    removed, other runs of WSP made one SP, empty lines at the end removed; empty stays empty.
+    Each pass runs only if a scan finds it work; only one is a regex."""
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    if b"\t" in body:
+        body = body.replace(b"\t", b" ")
+    if b"  " in body:
+        body = _SPACES.sub(b" ", body)
+    if b" \r\n" in body:
+        body = body.replace(b" \r\n", b"\r\n")
     end = len(body)
     while body.endswith(b"\r\n", 0, end):
         end -= 2

@@ -53,7 +53,7 @@ class DkimSettings(BaseModel):
     selector: str | None = None
     """s=: the key's public half is published at `<selector>._domainkey.<domain>`."""
     key_file: Path | None = None
-    """PEM file of the private key (RSA, 1024 bits or more; 2048 recommended)."""
+    """PEM file of the private key: RSA, 1024 bits or more (2048 recommended), or Ed25519."""
     private_key: SecretStr | None = None
     """The private key's PEM text itself, from the secrets directory (a file named
     HERALD_DKIM__PRIVATE_KEY) or the environment; instead of `key_file`."""
