@@ -31,6 +31,10 @@ BUCKETS: list[tuple[str, tuple[str, ...]]] = [
     # Also matched by line, below: the renderer's calls into css_inline.
     ("CSS inlining (css_inline)", ("service/render/preinline.py", "service/render/scanner.py")),
     ("MIME building (service/delivery/mime.py)", ("/email/", "service/delivery/mime.py")),
+    (
+        "DKIM signing (service/delivery/dkim.py, cryptography)",
+        ("service/delivery/dkim.py", "/cryptography/"),
+    ),
     ("UTM/unsubscribe links (service/render/links.py)", ("service/render/links.py", "/urllib/")),
     (
         "Templates: Jinja2 + Babel filters",

@@ -948,6 +948,16 @@ def goals(rows: dict[str, Row], naive: float | None, ceiling: float | None) -> l
     return out
 
 
+def _dkim_rows(blast: Row) -> list[tuple[str, float]]:
+    """DKIM signing's ms per mail by key, as the blast worker measured it."""
+    keys = [
+        ("RSA-2048", "dkim_sign_ms"),
+        ("RSA-4096", "dkim_rsa4096_ms"),
+        ("Ed25519", "dkim_ed25519_ms"),
+    ]
+    return [(label, blast.extra[k]) for label, k in keys if k in blast.extra]
+
+
 def main(argv: list[str] | None = None) -> int:
     p: argparse.ArgumentParser | ProcStats  # below, `p` is a process's stats too
     p = argparse.ArgumentParser(
@@ -1077,6 +1087,11 @@ def main(argv: list[str] | None = None) -> int:
         blast = scenario_blast(ctx, 1_000_000)  # bounded by --blast-s
         ceiling = blast.throughput
         render_ms = blast.extra["render_compose_ms"]
+        for label, dkim_ms in _dkim_rows(blast):
+            log(
+                f"DKIM signing ({label}) {dkim_ms:.2f} ms/msg = {dkim_ms / render_ms:.2f}x "
+                f"render+compose ({render_ms:.2f} ms/msg) of this run"
+            )
         if args.events:
             n_one = n_two = args.events
         else:
@@ -1188,6 +1203,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {r.scenario}: WARNING outcomes {st} for {r.extra.get('expected')} "
                 f"mails ({r.extra.get('error') or 'incomplete'})"
             )
+    blast_row = by.get("ceiling-smtp")
+    if blast_row is not None:
+        render_ms = blast_row.extra["render_compose_ms"]
+        report += [
+            "",
+            "CPU per mail by stage, in the blast worker (ratio to render+compose of this run):",
+            f"  render+compose {render_ms:.2f} ms/msg (1.00x)",
+            *(
+                f"  DKIM signing, {label} {dkim_ms:.2f} ms/msg ({dkim_ms / render_ms:.2f}x)"
+                for label, dkim_ms in _dkim_rows(blast_row)
+            ),
+        ]
     report += ["", "goals:", *goals(by, naive, ceiling)]
     text = "\n".join(report) + "\n"
     sys.stdout.write(text)

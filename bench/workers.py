@@ -4,7 +4,10 @@ bench.workers <name> ...`), printing one JSON line of results on stdout.
 - `raw-blast`: pipelined raw SMTP at the sink, no client library: what the sink can take.
 - `blast`: the ceiling of the send path: messages pre-rendered once with Herald's own renderer
   and composer, then sent through Herald's own SMTP pool (`service.delivery.pool.Mailer`, `pool`
-  connections, pipelined where the sink offers it), as fast as it takes them. Until
+  connections, pipelined where the sink offers it), as fast as it takes them. Before sending,
+  the same messages are DKIM-signed with fresh RSA-2048, RSA-4096 and Ed25519 keys
+  (`service.delivery.dkim`), so signing's CPU per mail is measured beside render+compose's, in
+  the same process. Until
   2026-11-22 21:47 this was plain aiosmtplib (MAIL, RCPT, DATA, three round trips), which
   Herald's send path has outgrown.
 - `decode`: the ceiling of the input path: a confluent-kafka consumer reading the records and
@@ -122,6 +125,35 @@ def _prerender(loaded: Any, types: list[str], k: int) -> tuple[list[Any], float]
     return messages, (time.perf_counter() - t0) / max(1, len(messages))
 
 
+def _dkim_sign_s(messages: list[Any], key: bytes, k: int = 200) -> float:
+    """Mean seconds to DKIM-sign one message with `key` (PEM), as `service.flow.messages.build`
+    does after compose; over the first `k` messages, unsigned ones are what the pool sends."""
+    from pydantic import SecretStr
+
+    from service.delivery.dkim import signer
+    from service.settings import DkimSettings, MailSettings
+
+    dkim = DkimSettings(domain="example.com", selector="bench", private_key=SecretStr(key.decode()))
+    made = signer(dkim, MailSettings())
+    assert made is not None
+    sample = messages[:k]
+    t0 = time.perf_counter()
+    for m in sample:
+        made.sign(m.data)
+    return (time.perf_counter() - t0) / max(1, len(sample))
+
+
+def _dkim_ms(messages: list[Any]) -> dict[str, float]:
+    """DKIM signing's ms per message by key: RSA-2048 (the recommended key), RSA-4096, Ed25519."""
+    from service.testing import dkim_ed25519_key, dkim_key
+
+    return {
+        "dkim_sign_ms": _dkim_sign_s(messages, dkim_key(2048)) * 1000,
+        "dkim_rsa4096_ms": _dkim_sign_s(messages, dkim_key(4096)) * 1000,
+        "dkim_ed25519_ms": _dkim_sign_s(messages, dkim_ed25519_key()) * 1000,
+    }
+
+
 def blast(args: argparse.Namespace) -> None:
     """Herald's own SMTP pool (service.delivery.pool.Mailer: pooled, pipelined where the server
     offers it, bodies written as composed), fed pre-rendered mail as fast as it takes it."""
@@ -131,6 +163,7 @@ def blast(args: argparse.Namespace) -> None:
 
     loaded = _loaded(args.routing)
     messages, render_s = _prerender(loaded, args.types.split(","), min(args.n, args.unique))
+    dkim = _dkim_ms(messages)
     source = itertools.islice(itertools.cycle(messages), args.n)
 
     sent = [0]
@@ -171,6 +204,7 @@ def blast(args: argparse.Namespace) -> None:
             "send_cpu_s": cpu[0],
             "unique_messages": len(messages),
             "render_compose_ms": render_s * 1000,
+            **dkim,
             "mean_bytes": sum(len(m.data) for m in messages) / len(messages),
         }
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import structlog
 
+from service.delivery.dkim import Signer
 from service.delivery.pool import Mailer
 from service.delivery.slots import Slots
 from service.endpoint import HttpEndpoint
@@ -124,6 +125,7 @@ class Herald:
                 idempotency=s.idempotency.backend,
                 smtp=f"{s.smtp.host}:{s.smtp.port} tls={s.smtp.tls}",
                 http=f"http://{s.http.host}:{http.port}/metrics",
+                dkim=_dkim_summary(self.loaded.signer),
             )
             self.started.set()
             try:
@@ -169,7 +171,7 @@ class Herald:
         express = express_priority(s.processing) if plans[0].name == "express" else None
         reserved = s.smtp.express_slots if express else 0
         mailer = await stack.enter_async_context(
-            Mailer(s.smtp, self.metrics, express_slots=reserved)
+            Mailer(s.smtp, self.metrics, express_slots=reserved, signer=self.loaded.signer)
         )
         mailer.warm_in_background()
         self._policy = await open_policy(
@@ -178,10 +180,17 @@ class Herald:
         self.feedback = await open_feedback_processor(
             stack, s, self.loaded.store, self.metrics, codec, self._policy.caps
         )
-        local = LocalMessages(self.loaded.renderer, s.mail)
+        local = LocalMessages(self.loaded.renderer, s.mail, self.loaded.signer)
         messages: Messages = local
         if s.processing.render_workers:
-            recipe = Recipe(s.templates_dir, s.brand, s.mail.default_locale, s.links, s.mail)
+            recipe = Recipe(
+                s.templates_dir,
+                s.brand,
+                s.mail.default_locale,
+                s.links,
+                s.mail,
+                self.loaded.signer,
+            )
             messages = await stack.enter_async_context(
                 WorkerMessages(
                     recipe,
@@ -272,3 +281,11 @@ async def _run_together(lanes: list[Lane], stop: asyncio.Event) -> None:
     for t in tasks:
         if not t.cancelled() and (exc := t.exception()) is not None:
             raise exc
+
+
+def _dkim_summary(signer: Signer | None) -> str:
+    """Where verifiers find the key, and its size; no key material."""
+    if signer is None:
+        return "off"
+    name = (signer.selector + b"._domainkey." + signer.domain).decode()
+    return f"{name} {signer.kind}"

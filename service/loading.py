@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from service.delivery.dkim import Signer, signer
 from service.errors import ConfigError
 from service.events.model import TopicBinding, check_envelope
 from service.events.schemas import SchemaStore
@@ -24,6 +25,8 @@ class Loaded:
     table: RoutingTable
     renderer: Renderer
     bindings: dict[str, TopicBinding]
+    signer: Signer | None = None
+    """DKIM's, its key read and checked; None when signing is off."""
 
 
 def load(settings: Settings) -> Loaded:
@@ -38,7 +41,13 @@ def load(settings: Settings) -> Loaded:
     _check_registry(settings, bindings)
     _check_unsubscribe(settings, table)
     address_key(settings)
-    return Loaded(store=store, table=table, renderer=renderer, bindings=bindings)
+    return Loaded(
+        store=store,
+        table=table,
+        renderer=renderer,
+        bindings=bindings,
+        signer=signer(settings.dkim, settings.mail),
+    )
 
 
 def _bindings(

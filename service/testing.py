@@ -7,6 +7,10 @@ scenario: `perm…@` → 550 5.1.1 at RCPT, `temp…@` → 451 4.3.0 at RCPT, `f
 first three RCPTs of that address then accepted, `drop…@` → connection closed after the message
 body, before any reply (the RFC 1047 window), `slow…@` → the reply to DATA comes after
 `SLOW_DATA_S` (a relay busy scanning the message).
+
+For DKIM: `dkim_key()` makes an RSA private key and `dkim_ed25519_key()` an Ed25519 one, and
+`dkim_dns(signer)` answers a verifier's TXT query from the signer's own key, so signatures are
+checked without DNS.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ import email
 import email.policy
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from service.delivery.dkim import Signer, public_record
 from service.errors import StoreUnavailable
 from service.kafka.records import RawRecord
 from service.stores.idempotency import IdempotencyStore, Prior, State
@@ -239,3 +247,34 @@ class TlsSmtpServer(SmtpServer):
             tls_context=ctx,
             require_starttls=True,
         )
+
+
+def dkim_key(bits: int = 2048) -> bytes:
+    """A fresh RSA private key, as the PKCS#8 PEM `openssl genpkey` writes."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def dkim_ed25519_key() -> bytes:
+    """A fresh Ed25519 private key (RFC 8463), as the PKCS#8 PEM `openssl genpkey` writes."""
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def dkim_dns(signer: Signer) -> Callable[..., bytes | None]:
+    """A `dnsfunc` for `dkim.verify`: the signer's TXT record at
+    `<selector>._domainkey.<domain>.`, nothing anywhere else."""
+    name = signer.selector + b"._domainkey." + signer.domain + b"."
+    record = public_record(signer.key)
+
+    def txt(queried: bytes, timeout: float = 5) -> bytes | None:
+        return record if queried == name else None
+
+    return txt

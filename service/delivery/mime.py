@@ -204,6 +204,17 @@ def _part(text: str, delimiter: bytes) -> tuple[bytes, bytes]:
 
 
 _EIGHT_BIT = b"\r\nContent-Transfer-Encoding: 8bit"
+_BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def crlf_lines(data: bytes) -> bytes:
+    """`data` with CRLF line ends, a bare CR or LF made one, and a final CRLF, as DATA carries
+    it (RFC 5321 4.5.2); a DKIM signature is computed over these bytes. The regex pass runs only
+    if a line end needs it."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
+        data = _BARE_LINE_END.sub(b"\r\n", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def seven_bit(message: Email) -> Email:

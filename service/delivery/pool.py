@@ -20,6 +20,7 @@ import aiosmtplib
 import structlog
 
 from service.delivery.breaker import CircuitBreaker
+from service.delivery.dkim import Signer
 from service.delivery.mime import Email
 from service.delivery.slots import Slots
 from service.delivery.smtp import Connection, enhanced_code, map_smtp_errors
@@ -43,9 +44,18 @@ class Accepted:
 class Mailer:
     """A bounded pool of SMTP connections; one attempt at a time per `session`."""
 
-    def __init__(self, settings: SmtpSettings, metrics: Metrics, *, express_slots: int = 0) -> None:
-        """`express_slots`: connections kept for express mail (0 when there is no express lane)."""
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        metrics: Metrics,
+        *,
+        express_slots: int = 0,
+        signer: Signer | None = None,
+    ) -> None:
+        """`express_slots`: connections kept for express mail (0 when there is no express lane).
+        `signer`: signs again a message a connection re-encodes (no 8BITMIME)."""
         self._s = settings
+        self._signer = signer
         self._metrics = metrics
         self._idle: list[Connection] = []
         self._slots = Slots(settings.pool_size, express_slots)
@@ -232,8 +242,13 @@ class Session:
 
     def _message_for(self, conn: Connection) -> Email:
         assert self._message is not None
-        self._message = conn.prepared(self._message)
-        return self._message
+        prepared = conn.prepared(self._message)
+        signer = self._mailer._signer
+        if prepared is not self._message and signer is not None:
+            # Re-encoded for a relay without 8BITMIME: the body hash no longer holds.
+            prepared = signer.resign(prepared)
+        self._message = prepared
+        return prepared
 
     def finish(self) -> None:
         """Back to the pool if the server accepted the message, else closed."""

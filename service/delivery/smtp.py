@@ -19,7 +19,7 @@ from typing import cast
 
 import aiosmtplib
 
-from service.delivery.mime import Email, seven_bit
+from service.delivery.mime import Email, crlf_lines, seven_bit
 from service.errors import (
     DeliveryError,
     DeliveryUnknownError,
@@ -80,18 +80,11 @@ def map_smtp_errors(phase: str) -> Iterator[None]:
         ) from exc
 
 
-_BARE_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
 def _on_the_wire(data: bytes) -> bytes:
-    """The message as DATA carries it (RFC 5321 4.5.2): CRLF line ends, a leading dot
-    doubled, the final dot. The line-end fix costs a regex pass, so it runs only if needed;
-    once every line ends in CRLF, a line starts at the beginning or after an LF."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") != crlf or data.count(b"\r") != crlf:
-        data = _BARE_LINE_END.sub(b"\r\n", data)
-    if not data.endswith(b"\r\n"):
-        data += b"\r\n"
+    """The message as DATA carries it (RFC 5321 4.5.2): CRLF line ends (`crlf_lines`), a
+    leading dot doubled, the final dot. Once every line ends in CRLF, a line starts at the
+    beginning or after an LF."""
+    data = crlf_lines(data)
     if data.startswith(b"."):
         data = b"." + data
     return data.replace(b"\n.", b"\n..") + b".\r\n"

@@ -1,5 +1,6 @@
-"""Messages: notifications rendered and composed into SMTP-ready mail, on the loop or (see
-`workers.py`) in worker processes, byte for byte the same."""
+"""Messages: notifications rendered, composed and (with DKIM) signed into SMTP-ready mail, on
+the loop or (see `workers.py`) in worker processes, byte for byte the same but for the
+signature's timestamp."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.delivery.dkim import Signer
 from service.delivery.mime import Email, Letter, compose
 from service.events.model import Event, Recipient
 from service.outcomes.records import now
@@ -33,6 +35,7 @@ class Recipe:
     default_locale: str
     links: LinkSettings
     mail: MailSettings
+    signer: Signer | None = None
 
     def renderer(self) -> Renderer:
         return Renderer(self.templates_dir, self.brand, self.default_locale, self.links)
@@ -60,21 +63,33 @@ def letter_for(n: Notification, rendered: Rendered) -> Letter:
     )
 
 
-def build(renderer: Renderer, mail: MailSettings, n: Notification, at: datetime) -> Message:
-    """Render and compose: the pure work between a notification and its wire bytes."""
+def build(
+    renderer: Renderer,
+    mail: MailSettings,
+    n: Notification,
+    at: datetime,
+    signer: Signer | None = None,
+) -> Message:
+    """Render, compose and sign: the pure work between a notification and its wire bytes."""
     rendered = renderer.render(n)
-    return Message(compose(letter_for(n, rendered), mail, at), rendered.locale)
+    email = compose(letter_for(n, rendered), mail, at)
+    if signer is not None:
+        email = signer.sign_email(email)
+    return Message(email, rendered.locale)
 
 
 class LocalMessages:
     """On the event loop: no process to start, and right when every core is taken anyway."""
 
-    def __init__(self, renderer: Renderer, mail: MailSettings) -> None:
+    def __init__(
+        self, renderer: Renderer, mail: MailSettings, signer: Signer | None = None
+    ) -> None:
         self.renderer = renderer
         self._mail = mail
+        self.signer = signer
 
     async def build(self, n: Notification, at: datetime | None = None) -> Message:
-        return build(self.renderer, self._mail, n, at or now())
+        return build(self.renderer, self._mail, n, at or now(), self.signer)
 
     async def close(self) -> None:
         return None

@@ -235,7 +235,11 @@ class WorkerMessages:
             else:
                 try:
                     message = build(
-                        self._fallback.renderer, self._recipe.mail, request.n, request.at
+                        self._fallback.renderer,
+                        self._recipe.mail,
+                        request.n,
+                        request.at,
+                        self._recipe.signer,
                     )
                 except HeraldError as exc:
                     request.future.set_exception(exc)
@@ -306,7 +310,7 @@ def _serve(fd: int, log_format: str) -> None:
     while (request := _read_blocking(inp)) is not None:
         packed, at = request
         try:
-            m = build(renderer, recipe.mail, unpack(packed), at)
+            m = build(renderer, recipe.mail, unpack(packed), at, recipe.signer)
             e = m.email
             reply: tuple[Any, ...] = (
                 "ok",

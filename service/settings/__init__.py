@@ -17,6 +17,7 @@ from pydantic_settings import (
 from pydantic_settings.sources import NestedSecretsSettingsSource
 
 from service.errors import ConfigError
+from service.settings.dkim import DkimSettings
 from service.settings.feedback import FeedbackSettings
 from service.settings.groups import (
     UNSUBSCRIBE_FIELDS,
@@ -39,6 +40,7 @@ from service.settings.policy import PolicySettings, PublicSettings
 __all__ = [
     "UNSUBSCRIBE_FIELDS",
     "BrandSettings",
+    "DkimSettings",
     "FeedbackSettings",
     "HttpSettings",
     "IdempotencySettings",
@@ -90,6 +92,7 @@ class Settings(BaseSettings):
     pace: PaceSettings = PaceSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     public: PublicSettings = PublicSettings()
+    dkim: DkimSettings = DkimSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -196,7 +199,7 @@ def _invalid(exc: ValidationError, files: dict[str, Path]) -> ConfigError:
     var = ENV_PREFIX + "__".join(p.upper() for p in path)
     # The environment wins over a file, so a file is to blame only when no variable is set.
     source = _file_of(var, files) if var not in _environment() else None
-    secret = source or any(s in var for s in ("PASSWORD", "SECRET", "AUTH"))
+    secret = source or any(s in var for s in ("PASSWORD", "SECRET", "AUTH", "KEY"))
     shown = "" if secret or not path else f" (got {err.get('input')!r})"
     refused = err.get("ctx", {}).get("error")
     problem = err["msg"]
