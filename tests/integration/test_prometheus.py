@@ -47,6 +47,9 @@ SCRAPE_S = 1
 """Scrape and rule evaluation interval: short, so the test waits seconds, not minutes."""
 
 FIRST = ["order.confirmed", "user.signed_up"]
+FEEDBACK_SAMPLE = ROOT / "tests" / "data" / "feedback" / "dsn-hard-5.1.1.eml"
+"""A hard bounce of a mail Herald did not send: processed, uncorrelated, and a suppression."""
+FEEDBACK_MESSAGE_ID = "a1b2c3d4e5f60718293a4b5c6d7e8f90@mail.example.net"
 SECOND = ["order.confirmed", "user.signed_up", "login.suspicious"]
 EXPECTED = {  # herald_notifications_total after both batches, by (notification, status)
     ("order.receipt", "sent"): 2.0,
@@ -245,6 +248,28 @@ def publish_examples(settings: Settings, event_types: list[str], workdir: Path) 
     assert [] == clear_addresses(done.stdout + done.stderr)
 
 
+def publish_feedback(settings: Settings, report: Path) -> None:
+    """Publish a bounce report through `herald feedback`, as an operator would."""
+    env = {
+        **os.environ,
+        "HERALD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "HERALD_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "feedback", str(report)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stdout + done.stderr
+    # The command prints the report's Message-ID, which names a mail, not a person.
+    said = (done.stdout + done.stderr).replace(FEEDBACK_MESSAGE_ID, "<message id>")
+    assert [] == clear_addresses(said)
+
+
 @dataclass(frozen=True)
 class Observed:
     """A Herald that has processed both batches, and the Prometheus scraping it."""
@@ -259,7 +284,8 @@ class Observed:
 @pytest.fixture(scope="module")
 def observed(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
     """Herald on the real broker and SMTP server, scraped by Prometheus before, between and
-    after two batches of events (the first with a record that cannot be decoded)."""
+    after two batches of events (the first with a record that cannot be decoded), then a hard
+    bounce read by `herald feedback`."""
     workdir = tmp_path_factory.mktemp("observed")
     with SmtpServer() as smtp:
         prefix = f"it-{uuid.uuid4().hex[:8]}."
@@ -285,6 +311,17 @@ def observed(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> 
             )
             publish_examples(settings, SECOND, workdir)
             until(lambda: len(smtp.received) >= 5 or None, "five mails", prometheus, herald)
+            publish_feedback(settings, FEEDBACK_SAMPLE)
+            until(
+                # Scraped twice at least, so that rate() over it answers, as its panel asks.
+                lambda: (
+                    prometheus.query('sum(rate(herald_feedback_processed_total{job="herald"}[1m]))')
+                    or None
+                ),
+                "the bounce processed, scraped twice",
+                prometheus,
+                herald,
+            )
             yield Observed(herald=herald, prometheus=prometheus, smtp=smtp, started_at=started_at)
 
 
@@ -374,7 +411,7 @@ def test_every_dashboard_query_runs_on_live_metrics(observed: Observed) -> None:
         if not title.startswith("variable "):
             grafana = expr.replace("$__rate_interval", "1m").replace("$instance", ".+")
             answered[title] = answered.get(title, False) or bool(observed.prometheus.query(grafana))
-    assert 13 == len(answered)
+    assert 16 == len(answered)
     assert [] == [title for title, data in answered.items() if not data]
 
 
@@ -402,7 +439,7 @@ def test_the_snapshot_draws_every_panel_from_prometheus(observed: Observed, tmp_
         m.group(2): int(m.group(1))
         for m in re.finditer(r"^\s*(\d+) series  (.+)$", done.stdout, flags=re.M)
     }
-    assert 13 == len(drawn)
+    assert 16 == len(drawn)
     assert [] == [title for title, count in drawn.items() if count == 0]
     assert 0 < out.stat().st_size < 300_000
     with Image.open(out) as image:
