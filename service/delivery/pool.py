@@ -245,7 +245,7 @@ class Session:
         prepared = conn.prepared(self._message)
         signer = self._mailer._signer
         if prepared is not self._message and signer is not None:
-            # Re-encoded for a relay without 8BITMIME: the body hash no longer holds.
+            # Re-encoded for a relay without 8BITMIME: the signed body hash does not match it.
             prepared = signer.resign(prepared)
         self._message = prepared
         return prepared

@@ -39,7 +39,7 @@ class LiveStores:
 
     @property
     def healthy(self) -> bool:
-        """False once a follower has stopped: its table no longer follows the topic."""
+        """False once a follower has stopped: its table stops following the topic there."""
         return all(f.failure is None for f in self.followers)
 
 

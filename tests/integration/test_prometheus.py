@@ -223,51 +223,42 @@ def by_labels(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...
     return {tuple(r["metric"].get(n, "") for n in labels): float(r["value"][1]) for r in result}
 
 
+def herald_command(settings: Settings, *args: str) -> str:
+    """Run `herald <args>` against this test's broker and topics; what it printed, checked to
+    have succeeded."""
+    env = {
+        **os.environ,
+        "HERALD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "HERALD_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == done.returncode, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
 def publish_examples(settings: Settings, event_types: list[str], workdir: Path) -> None:
     """Publish the project's example events with fresh event ids through `herald demo`."""
     examples = workdir / f"examples-{uuid.uuid4().hex[:6]}"
     examples.mkdir()
     for event_type in event_types:
         shutil.copy(EXAMPLES / f"{event_type}.json", examples)
-    env = {
-        **os.environ,
-        "HERALD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "HERALD_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-    }
-    command = [sys.executable, "-m", "service", "demo", "--examples", str(examples)]
-    done = subprocess.run(
-        [*command, "--wait-s", "0"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert 0 == done.returncode, done.stdout + done.stderr
-    assert [] == clear_addresses(done.stdout + done.stderr)
+    said = herald_command(settings, "demo", "--examples", str(examples), "--wait-s", "0")
+    assert [] == clear_addresses(said)
 
 
 def publish_feedback(settings: Settings, report: Path) -> None:
     """Publish a bounce report through `herald feedback`, as an operator would."""
-    env = {
-        **os.environ,
-        "HERALD_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "HERALD_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-    }
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "feedback", str(report)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert 0 == done.returncode, done.stdout + done.stderr
+    said = herald_command(settings, "feedback", str(report))
     # The command prints the report's Message-ID, which names a mail, not a person.
-    said = (done.stdout + done.stderr).replace(FEEDBACK_MESSAGE_ID, "<message id>")
-    assert [] == clear_addresses(said)
+    assert [] == clear_addresses(said.replace(FEEDBACK_MESSAGE_ID, "<message id>"))
 
 
 @dataclass(frozen=True)
